@@ -1,0 +1,23 @@
+# Developer entry points. `make test` is the README's test command and what CI runs.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install test lint demo bench
+
+install:
+	$(PIP) install -q -e ".[test]"
+
+test: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+demo:
+	$(PIP) install -q -e .
+	deeplab predict examples/astronaut.jpg --out out
+
+bench:
+	$(PYTHON) benchmarks/bench_models.py

@@ -1,0 +1,1 @@
+"""Datasets, joint transforms, label maps and palettes, labelme conversion, checks."""

@@ -1,0 +1,63 @@
+"""Class names and palettes of the datasets DeepLab is trained on.
+
+The palette of an index mask is the PASCAL VOC colour map (bit-interleaved
+colours, 255 = ignore drawn as near-white), so masks from every dataset open
+as coloured images in any viewer and stay single-channel on disk.
+"""
+
+from __future__ import annotations
+
+IGNORE_INDEX = 255
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+CAMVID_CLASSES: tuple[str, ...] = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+    "pedestrian", "bicyclist",
+)  # fmt: skip
+
+# Cityscapes' 19 evaluation classes, in trainId order.
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)  # fmt: skip
+
+CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)  # fmt: skip
+
+CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+    (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)  # fmt: skip
+
+
+def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map: class i's colour interleaves the bits of i."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def palette_for(colors: tuple[tuple[int, int, int], ...] | None, n: int) -> list[int]:
+    """A flat 768-value PIL palette: ``colors`` first, the VOC map for the rest."""
+    full = voc_palette(256)
+    if colors:
+        full[: len(colors)] = list(colors)
+    return [v for rgb in full for v in rgb]

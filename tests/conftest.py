@@ -1,0 +1,32 @@
+"""Shared fixtures: paths to the real data and weights in ../shared, small threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DEEPLAB_SHARED", REPO.parent / "shared"))
+
+# Two cores on CI: keep intra-op threads small so parallel tests don't thrash.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} not found (set DEEPLAB_SHARED to the shared data folder)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def weights_dir(shared: Path) -> Path:
+    return shared / "weights"
+
+
+@pytest.fixture(scope="session")
+def camvid_dir(shared: Path) -> Path:
+    return shared / "data" / "camvid"
