@@ -34,7 +34,7 @@ def _run_models(args: argparse.Namespace) -> int:
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
 
 COMMANDS: list[Command] = [
-    ("models", "list registered models with parameters and multiply-adds", _add_models, _run_models),
+    ("models", "list models with parameters and multiply-adds", _add_models, _run_models),
 ]
 
 

@@ -61,3 +61,12 @@ def palette_for(colors: tuple[tuple[int, int, int], ...] | None, n: int) -> list
     if colors:
         full[: len(colors)] = list(colors)
     return [v for rgb in full for v in rgb]
+
+
+# Input normalisation, in 0-255 pixel units: x_normalised = (x - mean) / std.
+# ImageNet backbones in torchvision's layout expect the ImageNet statistics;
+# Google's TF/TFLite DeepLab models expect x / 127.5 - 1.
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+TF_MEAN: tuple[float, float, float] = (127.5, 127.5, 127.5)
+TF_STD: tuple[float, float, float] = (127.5, 127.5, 127.5)
