@@ -70,3 +70,38 @@ IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 TF_MEAN: tuple[float, float, float] = (127.5, 127.5, 127.5)
 TF_STD: tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+# ADE20K (MIT Scene Parsing, ADEChallengeData2016): the 150 classes in mask-value order
+# 1..150; mask value 0 ("other objects") is ignored, so class i is stored as value i + 1.
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator",
+    "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow", "screen door",
+    "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower",
+    "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer",
+    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman",
+    "bottle", "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt",
+    "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
+    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan",
+    "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "glass", "clock", "flag",
+)  # fmt: skip
+
+# Cityscapes labelId (the value in *_gtFine_labelIds.png) -> trainId, for the 19 evaluated
+# classes (cityscapesScripts' labels.py); every other labelId (void, flat parking, rail
+# track, guard rail, bridge, tunnel, pole group, caravan, trailer, ...) becomes ignore.
+CITYSCAPES_LABEL_TO_TRAIN: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+    25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}  # fmt: skip
+
+# CamVid (SegNet's 11-class split) stores "unlabelled" as value 11.
+CAMVID_UNLABELLED = 11
