@@ -1,0 +1,324 @@
+"""deeplab.inference: image reading in every Pillow mode, and the Segmenter's test-time
+options (multi-scale, flip, sliding window, fixed input size) on tiny models."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from deeplab.inference import Prediction, Segmenter, find_images, load_image
+
+# --- tiny models -------------------------------------------------------------
+
+
+class Pointwise(nn.Module):
+    """1x1 conv: every output pixel sees only its own input pixel."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class SmallFCN(nn.Module):
+    """Two 3x3 convs, no global pooling: fully convolutional, 5x5 receptive field."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.num_classes = num_classes
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 3, padding=1)
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Recorder(nn.Module):
+    """Wraps a model and records the input sizes and output strides it was asked for."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.num_classes = inner.num_classes
+        self.sizes: list[tuple[int, int]] = []  # one entry per image or tile seen
+        self.calls = 0
+        self.output_stride = 16
+
+    def set_output_stride(self, output_stride: int) -> None:
+        self.output_stride = output_stride
+
+    def forward(self, x):
+        self.sizes += [tuple(x.shape[-2:])] * x.shape[0]
+        self.calls += 1
+        return self.inner(x)
+
+
+def _segmenter(model: nn.Module, **options) -> Segmenter:
+    return Segmenter(model, mean=(120.0, 110.0, 100.0), std=(60.0, 60.0, 60.0), **options)
+
+
+def _random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _smooth_image(h: int, w: int) -> np.ndarray:
+    """Slowly varying colours, so that resizing changes little."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    channels = [np.sin(3 * x + 1), np.cos(4 * y), np.sin(2 * x + 3 * y)]
+    return np.clip(127.5 + 127.5 * np.stack(channels, -1), 0, 255).astype(np.uint8)
+
+
+# --- image reading -----------------------------------------------------------
+
+RGB = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [40, 80, 120]]], dtype=np.uint8)
+
+
+def _roundtrip(pil: Image.Image, fmt: str, **save) -> Image.Image:
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt, **save)
+    buf.seek(0)
+    return Image.open(buf)
+
+
+def test_rgb_and_greyscale_modes():
+    np.testing.assert_array_equal(load_image(Image.fromarray(RGB)), RGB)
+    gray = np.array([[0, 50], [200, 255]], dtype=np.uint8)
+    for pil in (Image.fromarray(gray), _roundtrip(Image.fromarray(gray), "PNG")):
+        assert pil.mode == "L"
+        np.testing.assert_array_equal(load_image(pil), np.repeat(gray[..., None], 3, 2))
+    one_bit = Image.fromarray(gray > 100).convert("1")
+    np.testing.assert_array_equal(load_image(one_bit)[..., 0], np.where(gray > 100, 255, 0))
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    values = np.array([[0, 257], [32896, 65535]], dtype=np.uint16)
+    pil = _roundtrip(Image.fromarray(values), "PNG")
+    assert pil.mode.startswith("I;16")
+    expected = np.array([[0, 1], [128, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(load_image(pil)[..., 0], expected)
+    np.testing.assert_array_equal(load_image(pil.convert("I"))[..., 1], expected)
+    np.testing.assert_array_equal(load_image(values)[..., 2], expected)  # numpy uint16 too
+    # 32-bit mode I holding 8-bit values is left as it is.
+    small = Image.fromarray(np.array([[0, 9], [100, 255]], dtype=np.int32))
+    assert small.mode == "I"
+    np.testing.assert_array_equal(load_image(small)[..., 0], [[0, 9], [100, 255]])
+
+
+def test_float_mode():
+    pil = Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32))
+    assert pil.mode == "F"
+    np.testing.assert_array_equal(load_image(pil)[..., 0], [[0, 128], [255, 64]])
+
+
+def test_alpha_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (0, 0, 0, 0)  # fully transparent
+    rgba[1, 0] = (0, 0, 255, 128)  # half-transparent blue
+    rgba[1, 1] = (10, 20, 30, 255)
+    expected = np.array([[[255, 0, 0], [255, 255, 255]], [[127, 127, 255], [10, 20, 30]]])
+    pil = _roundtrip(Image.fromarray(rgba), "PNG")
+    assert pil.mode == "RGBA"
+    assert np.abs(load_image(pil).astype(int) - expected).max() <= 1
+    assert np.abs(load_image(rgba).astype(int) - expected).max() <= 1
+    la = Image.fromarray(np.array([[[100, 255], [100, 0]]], dtype=np.uint8), mode="LA")
+    np.testing.assert_array_equal(load_image(la)[0, :, 0], [100, 255])
+
+
+def test_palette_modes_with_and_without_transparency():
+    pil = Image.fromarray(RGB).quantize(colors=4)
+    assert pil.mode == "P"
+    np.testing.assert_array_equal(load_image(pil), RGB)
+    indexed = Image.fromarray(np.array([[0, 1]], dtype=np.uint8))
+    indexed.putpalette([255, 0, 0, 0, 255, 0])  # index 0 red, 1 green
+    transparent = _roundtrip(indexed, "PNG", transparency=0)
+    assert transparent.mode == "P" and "transparency" in transparent.info
+    np.testing.assert_array_equal(load_image(transparent)[0], [[255, 255, 255], [0, 255, 0]])
+
+
+def test_cmyk_and_other_colour_spaces():
+    cmyk = Image.new("CMYK", (2, 1), (0, 255, 255, 0))  # no cyan, full magenta+yellow = red
+    np.testing.assert_array_equal(load_image(cmyk)[0, 0], [255, 0, 0])
+    jpeg = _roundtrip(cmyk, "JPEG", quality=95)
+    assert jpeg.mode == "CMYK"
+    assert np.abs(load_image(jpeg)[0, 0].astype(int) - [255, 0, 0]).max() <= 8
+    ycc = Image.fromarray(RGB).convert("YCbCr")
+    assert np.abs(load_image(ycc).astype(int) - RGB).max() <= 3
+
+
+def test_exif_rotation_is_applied():
+    # A 4x2 (w x h) image whose EXIF says "rotate 90 cw to display": displayed 2x4.
+    image = np.zeros((2, 4, 3), dtype=np.uint8)
+    image[:, 0] = 255  # left column white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pil = _roundtrip(Image.fromarray(image), "JPEG", exif=exif, quality=100)
+    rgb = load_image(pil)
+    assert rgb.shape == (4, 2, 3)
+    # Orientation 6: the stored left column becomes the top row.
+    assert rgb[0].mean() > 200 and rgb[-1].mean() < 50
+
+
+def test_unreadable_file_is_named(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image(bad)
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        load_image(tmp_path / "missing.jpg")
+
+
+def test_find_images_expands_folders(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.jpg", "a.PNG", "sub/c.tif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    explicit = tmp_path / "notes.txt"
+    found = find_images([tmp_path, explicit])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.PNG",
+        "b.jpg",
+        "sub/c.tif",
+        "notes.txt",
+    ]
+
+
+# --- the segmenter -----------------------------------------------------------
+
+
+def test_predict_shapes_and_probabilities():
+    seg = _segmenter(Pointwise(4), class_names=("bg", "a", "b", "c"))
+    image = _random_image(37, 53)
+    pred = seg.predict(image, probabilities=True)
+    assert pred.labels.shape == (37, 53) and pred.labels.dtype == np.int64
+    assert pred.probabilities.shape == (4, 37, 53)
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(pred.labels, pred.probabilities.argmax(0))
+    # The same as running the model by hand on the normalised image.
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - seg.mean) / seg.std
+    with torch.no_grad():
+        by_hand = seg.model(x).softmax(1)[0].numpy()
+    np.testing.assert_allclose(pred.probabilities, by_hand, atol=1e-5)
+    assert seg.predict(image).probabilities is None
+
+
+def test_shares_and_summary_are_computed_from_labels():
+    labels = np.zeros((10, 10), dtype=np.int64)
+    labels[:6] = 2  # 60% "person"
+    labels[6:, :5] = 0  # 20% background, the rest (20%) "car"
+    labels[6:, 5:] = 1
+    pred = Prediction(labels=labels, class_names=("background", "car", "person"))
+    assert pred.shares() == pytest.approx({"person": 0.6, "background": 0.2, "car": 0.2})
+    assert list(pred.shares()) == ["person", "background", "car"]
+    assert pred.summary() == "person 60.0%, background 20.0%, car 20.0%"
+    assert pred.mask("car").sum() == 20
+    with pytest.raises(ValueError, match="this model knows"):
+        pred.mask("dog")
+
+
+def test_flip_averaging_makes_prediction_mirror_equivariant():
+    image = _random_image(24, 31)
+    mirrored = image[:, ::-1]
+    seg = _segmenter(SmallFCN(), flip=True)
+    a = seg.predict(image, probabilities=True).probabilities
+    b = seg.predict(mirrored, probabilities=True).probabilities
+    np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-5)
+    # Without flip averaging the asymmetric kernels break the mirror symmetry.
+    plain = _segmenter(SmallFCN())
+    a = plain.predict(image, probabilities=True).probabilities
+    b = plain.predict(mirrored, probabilities=True).probabilities
+    assert np.abs(a - b[:, :, ::-1]).max() > 1e-3
+
+
+def test_flip_of_a_symmetric_input_changes_nothing_for_a_symmetric_model():
+    model = SmallFCN()
+    with torch.no_grad():  # mirror-symmetric kernels: the model commutes with flips
+        for conv in (model.body[0], model.body[2]):
+            conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
+    half = _random_image(20, 8)
+    symmetric = np.concatenate([half, half[:, ::-1]], axis=1)
+    a = _segmenter(model, flip=True).predict(symmetric, probabilities=True).probabilities
+    b = _segmenter(model).predict(symmetric, probabilities=True).probabilities
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_multi_scale_averages_the_single_scales():
+    model = Recorder(SmallFCN())
+    x = _segmenter(model).normalize(_random_image(32, 48))
+    both = _segmenter(model, scales=(0.5, 1.5)).probabilities(x)
+    assert model.sizes == [(16, 24), (48, 72)]
+    half = _segmenter(model, scales=(0.5,)).probabilities(x)
+    big = _segmenter(model, scales=(1.5,)).probabilities(x)
+    assert both.shape == (1, 3, 32, 48)
+    torch.testing.assert_close(both, (half + big) / 2)
+    assert (half - big).abs().max() > 1e-3  # the scales really differ
+
+
+def test_sliding_window_equals_whole_image():
+    image = _random_image(70, 90)
+    # Receptive field 1: tiles give exactly the whole-image logits.
+    whole = _segmenter(Pointwise()).predict(image, probabilities=True)
+    model = Recorder(Pointwise())
+    tiled = _segmenter(model, crop=32, overlap=0.25).predict(image, probabilities=True)
+    assert set(model.sizes) == {(32, 32)} and len(model.sizes) > 4
+    np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=1e-5)
+    # 5x5 receptive field: only pixels near tile borders see zero padding instead of
+    # their neighbours, so the two agree within a tolerance.
+    whole = _segmenter(SmallFCN()).predict(image, probabilities=True)
+    tiled = _segmenter(SmallFCN(), crop=(40, 48), batch_size=3).predict(image, probabilities=True)
+    diff = np.abs(tiled.probabilities - whole.probabilities)
+    assert diff.mean() < 0.02
+    assert (tiled.labels == whole.labels).mean() > 0.95
+
+
+def test_fixed_input_size_resizes_pads_and_maps_back():
+    model = Recorder(Pointwise())
+    seg = _segmenter(model, input_size=33)
+    image = _smooth_image(50, 100)
+    pred = seg.predict(image, probabilities=True)
+    assert model.sizes == [(33, 33)]  # the model only ever sees its own size
+    assert pred.labels.shape == (50, 100)
+    # A pointwise model commutes with resizing up to interpolation error.
+    whole = _segmenter(Pointwise()).predict(image)
+    assert (pred.labels == whole.labels).mean() > 0.95
+    # Scales above 1 exceed the input size: tiles of the input size cover them.
+    model.sizes.clear()
+    _segmenter(model, input_size=33, scales=(1.0, 1.75)).predict(image)
+    assert set(model.sizes) == {(33, 33)} and len(model.sizes) > 2
+
+
+def test_output_stride_override_reaches_the_model():
+    model = Recorder(Pointwise())
+    _segmenter(model, output_stride=8)
+    assert model.output_stride == 8
+    with pytest.raises(ValueError, match="set_output_stride"):
+        _segmenter(Pointwise(), output_stride=8)
+
+
+def test_predict_batch_matches_single_predictions():
+    images = [_random_image(20, 30, 1), _random_image(25, 25, 2), _random_image(20, 30, 3)]
+    model = Recorder(SmallFCN())
+    seg = _segmenter(model, batch_size=2)
+    batch = seg.predict_batch(images, probabilities=True)
+    assert model.calls == 2  # the two 20x30 images share one forward pass
+    for image, got in zip(images, batch, strict=True):
+        single = seg.predict(image, probabilities=True)
+        np.testing.assert_allclose(got.probabilities, single.probabilities, atol=1e-5)
+
+
+def test_errors_name_the_fix():
+    with pytest.raises(ValueError, match="2 class names"):
+        _segmenter(Pointwise(3), class_names=("a", "b"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            _segmenter(Pointwise(), device="cuda")
