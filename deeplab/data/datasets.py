@@ -1,0 +1,529 @@
+"""Segmentation datasets: PASCAL VOC 2012 (+SBD trainaug), Cityscapes, ADE20K, CamVid, folders.
+
+Every dataset is one class, ``SegmentationDataset``: a list of (image, mask) file pairs,
+a ``DatasetInfo`` (class names, palette, how raw mask values map to class ids) and a
+joint transform. The functions below only find the pairs in each official layout:
+
+- ``voc_pairs``: VOCdevkit/VOC2012 (JPEGImages, SegmentationClass,
+  ImageSets/Segmentation/{train,val,trainval}.txt); split ``trainaug`` reads
+  ``train_aug.txt`` with the SBD masks in ``SegmentationClassAug`` (DeepLab's 10,582 images).
+- ``cityscapes_pairs``: leftImg8bit/<split>/<city>/*_leftImg8bit.png with
+  gtFine/<split>/<city>/*_gtFine_labelIds.png; labelIds -> 19 trainIds, others ignore.
+- ``ade20k_pairs``: ADEChallengeData2016/{images,annotations}/{training,validation};
+  mask value 0 ("other") -> ignore, 1..150 -> 0..149.
+- ``camvid_pairs``: the SegNet 11-class split, ``train.txt``/``val.txt`` list files
+  ("image label" relative to the root); value 11 (unlabelled) -> ignore.
+- ``folder_pairs`` / ``list_pairs``: an image folder and a mask folder matched by file
+  stem, or a list file of "image mask" lines.
+
+Public names (keep them stable; the training loop imports them):
+
+- ``build_dataset(name, *, root, split, transform=None, seed=None, **options)``
+- ``dataset_info(name, **options) -> DatasetInfo`` (class names, palette, num_classes,
+  raw-value -> class-id lookup)
+- ``SegmentationDataset``, ``camvid_dataset(root=..., split=..., transform=...)``
+- ``DataError``: raised for unreadable files, missing masks, size mismatches and mask
+  values outside the classes; the message names the file and the fix.
+
+An item is ``(image float32 [3,H,W] normalised by the transform, mask int64 [H,W])`` with
+255 = ignore. With ``seed`` set, the random augmentation of item ``i`` is drawn from
+``numpy.random.default_rng((seed, epoch, i))``: repeatable across runs and independent of
+DataLoader workers. Call ``dataset.set_epoch(epoch)`` before each epoch (like
+``DistributedSampler.set_epoch``) to get new augmentations; with persistent workers,
+recreate the DataLoader iterator or leave ``seed=None`` (fresh randomness per item).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from deeplab.data.labels import (
+    ADE20K_CLASSES,
+    CAMVID_CLASSES,
+    CAMVID_PALETTE,
+    CAMVID_UNLABELLED,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_LABEL_TO_TRAIN,
+    CITYSCAPES_PALETTE,
+    IGNORE_INDEX,
+    VOC_CLASSES,
+    voc_palette,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+Pair = tuple[Path, Path]
+Transform = Callable[..., tuple]
+
+
+class DataError(ValueError):
+    """A problem with one data file; ``kind`` is one of: unreadable, missing, size, rgb, values."""
+
+    def __init__(self, kind: str, path: Path | str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.path = Path(path)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset's masks mean: class names, colours and the raw-value -> class-id map.
+
+    ``lookup`` is a 256-entry table applied to raw 8-bit mask values (None = identity);
+    ``colors`` gives each class's RGB colour (None = the PASCAL VOC colour map).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...] | None = None
+    lookup: tuple[int, ...] | None = None
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def palette(self) -> list[tuple[int, int, int]]:
+        """256 RGB colours: the classes' own colours first, the VOC colour map for the rest."""
+        full = voc_palette(256)
+        if self.colors:
+            full[: len(self.colors)] = list(self.colors)
+        return full
+
+    def encode(self, raw: np.ndarray, path: Path | str = "<mask>") -> np.ndarray:
+        """Raw mask values -> uint8 class ids (255 = ignore); raise if a value is out of range."""
+        if self.lookup is not None:
+            if raw.size and (raw.min() < 0 or raw.max() > 255):
+                raise DataError(
+                    "values",
+                    path,
+                    f"mask value {int(raw.max())} in {path} is outside 0..255, but the "
+                    f"{self.name} masks are 8-bit; re-export it as an 8-bit PNG",
+                )
+            raw = np.asarray(self.lookup, dtype=np.int64)[raw.astype(np.int64)]
+        check_mask_values(raw, self.num_classes, path, self.ignore_index)
+        return raw.astype(np.uint8)
+
+
+def lookup_table(mapping: Mapping[int, int], *, default: int | None = None) -> tuple[int, ...]:
+    """A 256-entry table: ``mapping`` where given, else ``default`` (None = keep the value)."""
+    return tuple(mapping.get(v, v if default is None else default) for v in range(256))
+
+
+def check_mask_values(
+    mask: np.ndarray, num_classes: int, path: Path | str, ignore_index: int = IGNORE_INDEX
+) -> None:
+    """Raise ``DataError`` naming the file if a value is neither a class id nor ignore."""
+    values = np.unique(mask)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
+    if bad.size:
+        v = int(bad[0])
+        raise DataError(
+            "values",
+            path,
+            f"mask value {v} in {path} exceeds {num_classes} classes (valid 0..{num_classes - 1},"
+            f" {ignore_index} = ignore); map it to {ignore_index} or raise num_classes",
+        )
+
+
+# --- the known datasets ------------------------------------------------------------------
+
+VOC_INFO = DatasetInfo("voc", VOC_CLASSES)  # VOC masks already use 255 for object borders
+CITYSCAPES_INFO = DatasetInfo(
+    "cityscapes",
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    lookup_table(CITYSCAPES_LABEL_TO_TRAIN, default=IGNORE_INDEX),
+)
+ADE20K_INFO = DatasetInfo(
+    "ade20k",
+    ADE20K_CLASSES,
+    None,
+    lookup_table({0: IGNORE_INDEX, **{v: v - 1 for v in range(1, 151)}}, default=IGNORE_INDEX),
+)
+CAMVID_INFO = DatasetInfo(
+    "camvid", CAMVID_CLASSES, CAMVID_PALETTE, lookup_table({CAMVID_UNLABELLED: IGNORE_INDEX})
+)
+
+_INFOS = {info.name: info for info in (VOC_INFO, CITYSCAPES_INFO, ADE20K_INFO, CAMVID_INFO)}
+DATASET_NAMES = ("voc", "cityscapes", "ade20k", "camvid", "folder")
+
+
+def dataset_info(
+    name: str,
+    *,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    root: str | Path | None = None,
+) -> DatasetInfo:
+    """Class names, palette and raw-value map of a named dataset.
+
+    For ``folder`` data the classes come from ``class_names``, else ``root/class_names.txt``
+    (as written by ``deeplab labelme2voc``), else ``num_classes`` generic names.
+    """
+    if name in _INFOS:
+        return _INFOS[name]
+    if name != "folder":
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if class_names is None and root is not None and (Path(root) / "class_names.txt").is_file():
+        class_names = read_class_names(Path(root) / "class_names.txt")
+    if class_names is None:
+        if num_classes is None:
+            raise ValueError(
+                "folder data needs its classes: pass num_classes or class_names, "
+                "or put a class_names.txt (one name per line) in the dataset root"
+            )
+        class_names = [f"class_{i}" for i in range(num_classes)]
+    if num_classes is not None and num_classes != len(class_names):
+        raise ValueError(f"num_classes {num_classes} but {len(class_names)} class names given")
+    return DatasetInfo("folder", tuple(class_names))
+
+
+def read_class_names(path: Path) -> list[str]:
+    """One class name per line; blank lines and ``__ignore__`` are skipped."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    return [n for n in lines if n and n != "__ignore__"]
+
+
+# --- finding the (image, mask) pairs of each layout ---------------------------------------
+
+
+def voc_pairs(root: str | Path, split: str) -> list[Pair]:
+    """VOC 2012 ``train``/``val``/``trainval`` or ``trainaug`` (SBD, SegmentationClassAug)."""
+    root = _voc_root(Path(root))
+    if split in ("trainaug", "train_aug"):
+        candidates = [root / "ImageSets" / "Segmentation" / "train_aug.txt", root / "train_aug.txt"]
+        list_file = next((p for p in candidates if p.is_file()), None)
+        if list_file is None:
+            raise FileNotFoundError(
+                f"no train_aug.txt in {root}/ImageSets/Segmentation or {root}; download the "
+                "SBD augmented list and SegmentationClassAug masks and unpack them there"
+            )
+        pairs = []
+        for line in _read_lines(list_file):
+            parts = line.split()
+            if len(parts) >= 2:  # "/JPEGImages/x.jpg /SegmentationClassAug/x.png"
+                pairs.append((root / parts[0].lstrip("/"), root / parts[1].lstrip("/")))
+            else:  # "x"
+                image = root / "JPEGImages" / f"{parts[0]}.jpg"
+                pairs.append((image, root / "SegmentationClassAug" / f"{parts[0]}.png"))
+        return _require_files(pairs, list_file)
+    list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not list_file.is_file():
+        raise FileNotFoundError(
+            f"{list_file} not found; VOC splits are train, val, trainval, trainaug and the "
+            "root must hold JPEGImages/ and SegmentationClass/ (VOCdevkit/VOC2012)"
+        )
+    stems = [line.split()[0] for line in _read_lines(list_file)]
+    pairs = [
+        (root / "JPEGImages" / f"{s}.jpg", root / "SegmentationClass" / f"{s}.png") for s in stems
+    ]
+    return _require_files(pairs, list_file)
+
+
+def cityscapes_pairs(root: str | Path, split: str) -> list[Pair]:
+    """leftImg8bit/<split>/<city>/X_leftImg8bit.png, gtFine/.../X_gtFine_labelIds.png masks."""
+    root = Path(root)
+    image_dir = root / "leftImg8bit" / split
+    if not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"{image_dir} not found; unpack leftImg8bit_trainvaltest.zip and "
+            "gtFine_trainvaltest.zip into the same root (splits: train, val, test)"
+        )
+    pairs = []
+    for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+        stem = image.name[: -len("_leftImg8bit.png")]
+        mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
+        pairs.append((image, mask))
+    return _require_files(pairs, image_dir, what="gtFine mask")
+
+
+def ade20k_pairs(root: str | Path, split: str) -> list[Pair]:
+    """ADEChallengeData2016 images/<training|validation>/*.jpg with annotations/.../*.png."""
+    root = Path(root)
+    if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
+        root = root / "ADEChallengeData2016"
+    folder = {"train": "training", "val": "validation"}.get(split, split)
+    image_dir = root / "images" / folder
+    if not image_dir.is_dir():
+        raise FileNotFoundError(
+            f"{image_dir} not found; the root must be ADEChallengeData2016 (splits: train, val)"
+        )
+    images = sorted(image_dir.glob("*.jpg"))
+    pairs = [(p, root / "annotations" / folder / f"{p.stem}.png") for p in images]
+    return _require_files(pairs, image_dir)
+
+
+def camvid_pairs(root: str | Path, split: str) -> list[Pair]:
+    """CamVid's ``<split>.txt``: "image label" per line, relative to the root."""
+    root = Path(root)
+    list_file = root / f"{split}.txt"
+    if not list_file.is_file():
+        raise FileNotFoundError(
+            f"{list_file} not found; the CamVid root must hold train.txt / val.txt / test.txt"
+        )
+    return list_pairs(list_file, root=root)
+
+
+def list_pairs(list_file: str | Path, *, root: str | Path | None = None) -> list[Pair]:
+    """A list file of "image mask" lines, paths relative to ``root`` (default: its folder)."""
+    list_file = Path(list_file)
+    base = Path(root) if root is not None else list_file.parent
+    pairs = []
+    for n, line in enumerate(_read_lines(list_file), start=1):
+        parts = line.split()
+        if len(parts) != 2:
+            raise DataError(
+                "missing",
+                list_file,
+                f"line {n} of {list_file} should be 'image_path mask_path', got {line!r}",
+            )
+        pairs.append((base / parts[0].lstrip("/"), base / parts[1].lstrip("/")))
+    return _require_files(pairs, list_file)
+
+
+def folder_pairs(images: str | Path, masks: str | Path) -> list[Pair]:
+    """Every image in ``images`` with the mask of the same stem in ``masks`` (.png preferred)."""
+    images, masks = Path(images), Path(masks)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder")
+    by_stem: dict[str, Path] = {}
+    for p in sorted(masks.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.stem not in by_stem or p.suffix == ".png"):
+            by_stem[p.stem] = p
+    pairs, missing = [], []
+    for p in sorted(images.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.stem in by_stem:
+            pairs.append((p, by_stem[p.stem]))
+        else:
+            missing.append(p)
+    if missing:
+        names = ", ".join(p.name for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            "missing",
+            missing[0],
+            f"{len(missing)} image(s) in {images} have no mask of the same name in {masks}: "
+            f"{names}; add the masks (e.g. {masks / (missing[0].stem + '.png')}) or move the "
+            "images out",
+        )
+    if not pairs:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {images}")
+    return pairs
+
+
+def _voc_root(root: Path) -> Path:
+    """Accept VOCdevkit/VOC2012 itself, VOCdevkit, or the folder holding VOCdevkit."""
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    return root
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _require_files(pairs: list[Pair], source: Path, *, what: str = "file") -> list[Pair]:
+    missing = [p for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        raise DataError(
+            "missing",
+            missing[0],
+            f"{len(missing)} {what}(s) listed by {source} do not exist, first {missing[0]}; "
+            "check the dataset root and that the download was fully unpacked",
+        )
+    if not pairs:
+        raise FileNotFoundError(f"{source} lists no images")
+    return pairs
+
+
+# --- reading files -----------------------------------------------------------------------
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image as uint8 HxWx3; ``DataError`` naming the file if it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError(
+            "unreadable", path, f"cannot read image {path} ({e}); replace or remove the file"
+        ) from e
+
+
+def read_raw_mask(path: str | Path) -> np.ndarray:
+    """The stored mask values: HxW for index masks (palette 'P' gives indices), HxWx3 for RGB."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("RGB", "RGBA"):
+                return np.asarray(img.convert("RGB"))
+            if img.mode == "LA":
+                img = img.convert("L")
+            return np.asarray(img)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError(
+            "unreadable", path, f"cannot read mask {path} ({e}); replace or remove the file"
+        ) from e
+
+
+def read_mask(path: str | Path, info: DatasetInfo) -> np.ndarray:
+    """A mask as uint8 class ids HxW (255 = ignore), after the dataset's value map."""
+    raw = read_raw_mask(path)
+    if raw.ndim == 3:
+        raise DataError(
+            "rgb",
+            path,
+            f"{path} is an RGB colour mask, but masks must be single-channel class ids; "
+            "convert it with `deeplab check-data ... --convert-rgb OUT_DIR`",
+        )
+    return info.encode(raw, path)
+
+
+def read_pair(
+    image_path: Path, mask_path: Path, info: DatasetInfo
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 HxWx3 image, uint8 HxW class ids), checked for size and class range."""
+    image = read_image(image_path)
+    mask = read_mask(mask_path, info)
+    if image.shape[:2] != mask.shape:
+        h, w = image.shape[:2]
+        mh, mw = mask.shape
+        raise DataError(
+            "size",
+            mask_path,
+            f"image {image_path} is {w}x{h} but mask {mask_path} is {mw}x{mh}; "
+            "masks must have their image's size (re-export the mask)",
+        )
+    return image, mask
+
+
+# --- the dataset -------------------------------------------------------------------------
+
+
+class SegmentationDataset:
+    """A map-style dataset over (image, mask) file pairs.
+
+    ``dataset[i] -> (float32 [3,H,W] normalised by the transform, int64 [H,W], 255 = ignore)``.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        info: DatasetInfo,
+        transform: Transform | None = None,
+        *,
+        seed: int | None = None,
+    ):
+        if transform is None:
+            from deeplab.data.transforms import eval_transform
+
+            transform = eval_transform()
+        self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        self.info = info
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a new augmentation stream per epoch when a seed is set."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The item's random stream: from (seed, epoch, index), or fresh entropy without a seed."""
+        if self.seed is None:
+            return np.random.default_rng()
+        return np.random.default_rng((self.seed, self.epoch, index))
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed (uint8 HxWx3 image, uint8 HxW class ids) of item ``index``."""
+        return read_pair(*self.pairs[index], self.info)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        image, mask = self.read(index)
+        return self.transform(image, mask, self.rng(index))
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationDataset({self.info.name}, {len(self)} images, "
+            f"{self.num_classes} classes)"
+        )
+
+
+def camvid_dataset(
+    *, root: str | Path, split: str, transform: Transform | None = None, seed: int | None = None
+) -> SegmentationDataset:
+    """CamVid, SegNet's 11-class 480x360 split (unlabelled -> 255)."""
+    return SegmentationDataset(camvid_pairs(root, split), CAMVID_INFO, transform, seed=seed)
+
+
+def build_dataset(
+    name: str,
+    *,
+    root: str | Path,
+    split: str,
+    transform: Transform | None = None,
+    seed: int | None = None,
+    images: str | Path | None = None,
+    masks: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> SegmentationDataset:
+    """A dataset by name: ``voc``, ``cityscapes``, ``ade20k``, ``camvid`` or ``folder``.
+
+    ``folder``: ``root/<split>.txt`` ("image mask" lines) if it exists, else the image
+    folder ``images`` and mask folder ``masks`` (relative to ``root``; defaults:
+    ``images``/``masks``, or ``JPEGImages``/``SegmentationClass`` as written by
+    ``deeplab labelme2voc``), with a ``<split>`` subfolder when there is one.
+    """
+    root = Path(root)
+    info = dataset_info(name, class_names=class_names, num_classes=num_classes, root=root)
+    if name == "voc":
+        pairs = voc_pairs(root, split)
+    elif name == "cityscapes":
+        pairs = cityscapes_pairs(root, split)
+    elif name == "ade20k":
+        pairs = ade20k_pairs(root, split)
+    elif name == "camvid":
+        pairs = camvid_pairs(root, split)
+    elif (root / f"{split}.txt").is_file() and images is None:
+        pairs = list_pairs(root / f"{split}.txt", root=root)
+    else:
+        pairs = folder_pairs(*_folder_dirs(root, split, images, masks))
+    return SegmentationDataset(pairs, info, transform, seed=seed)
+
+
+def _folder_dirs(
+    root: Path, split: str, images: str | Path | None, masks: str | Path | None
+) -> tuple[Path, Path]:
+    if images is None or masks is None:
+        for image_name, mask_name in (("images", "masks"), ("JPEGImages", "SegmentationClass")):
+            if (root / image_name).is_dir():
+                images, masks = images or image_name, masks or mask_name
+                break
+        else:
+            raise FileNotFoundError(
+                f"no images/ + masks/ (or JPEGImages/ + SegmentationClass/) folders in {root}, "
+                f"and no {root / (split + '.txt')} list file"
+            )
+    image_dir, mask_dir = root / images, root / masks
+    if (image_dir / split).is_dir():
+        image_dir, mask_dir = image_dir / split, mask_dir / split
+    return image_dir, mask_dir
