@@ -1,0 +1,286 @@
+"""Dataset checks and class statistics (``deeplab check-data``).
+
+``check_pairs(pairs, info)`` reads every (image, mask) pair once and reports, without
+stopping at the first error: unreadable files, image/mask size mismatches, mask values
+outside the classes, and RGB colour masks (3-channel masks whose colours all belong to a
+known palette; ``convert_dir`` writes them as index PNGs). It also counts class pixels
+and computes median-frequency class weights (Eigen & Fergus, ICCV 2015, sec. 4.1):
+``w_c = median(freq) / freq_c`` with ``freq_c`` = pixels of class c divided by the
+pixels of the images in which c appears (ignore pixels not counted), the weighting
+SegNet used on CamVid. Classes that never appear get weight 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from deeplab.data.datasets import (
+    DataError,
+    DatasetInfo,
+    Pair,
+    read_image,
+    read_raw_mask,
+)
+from deeplab.data.labels import (
+    CAMVID_PALETTE,
+    CITYSCAPES_PALETTE,
+    IGNORE_INDEX,
+    voc_palette,
+)
+
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One file with a problem; ``kind``: unreadable, missing, size, values or rgb."""
+
+    kind: str
+    path: Path
+    message: str
+
+
+@dataclass
+class DataReport:
+    """What ``check_pairs`` found: problems and class pixel statistics."""
+
+    class_names: tuple[str, ...]
+    num_images: int = 0
+    pixel_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    present_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ignore_pixels: int = 0
+    total_pixels: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    rgb_masks: list[tuple[Path, str | None]] = field(default_factory=list)
+    converted: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def frequencies(self) -> np.ndarray:
+        """Each class's share of all counted pixels, ignore pixels included in the total."""
+        return self.pixel_counts / max(self.total_pixels, 1)
+
+    def ignore_fraction(self) -> float:
+        return self.ignore_pixels / max(self.total_pixels, 1)
+
+    def median_frequency_weights(self) -> np.ndarray:
+        """``median(freq) / freq_c`` over images where c appears; 0 for absent classes."""
+        present = self.present_pixels > 0
+        freq = np.zeros(len(self.class_names))
+        freq[present] = self.pixel_counts[present] / self.present_pixels[present]
+        weights = np.zeros_like(freq)
+        seen = freq > 0
+        if seen.any():
+            weights[seen] = np.median(freq[seen]) / freq[seen]
+        return weights
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary; ``class_weights`` can be passed to the training loss."""
+        return {
+            "class_names": list(self.class_names),
+            "num_images": self.num_images,
+            "pixel_frequencies": [round(float(f), 6) for f in self.frequencies()],
+            "ignore_fraction": round(self.ignore_fraction(), 6),
+            "class_weights": [round(float(w), 6) for w in self.median_frequency_weights()],
+            "weighting": "median frequency (Eigen & Fergus 2015)",
+            "problems": [{"kind": p.kind, "path": str(p.path)} for p in self.problems],
+        }
+
+    def format(self, max_problems: int = 20) -> str:
+        """A printable report: problems first, then the class table."""
+        lines = [f"{self.num_images} image/mask pairs checked, {len(self.problems)} problem(s)"]
+        for p in self.problems[:max_problems]:
+            lines.append(f"  [{p.kind}] {p.message}")
+        if len(self.problems) > max_problems:
+            lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        if self.total_pixels:
+            freqs, weights = self.frequencies(), self.median_frequency_weights()
+            width = max(12, *(len(n) for n in self.class_names))
+            lines.append(f"{'id':>3}  {'class':<{width}}  {'pixels %':>8}  {'weight':>8}")
+            for i, name in enumerate(self.class_names):
+                lines.append(f"{i:>3}  {name:<{width}}  {100 * freqs[i]:8.2f}  {weights[i]:8.4f}")
+            ignored = 100 * self.ignore_fraction()
+            lines.append(f"{IGNORE_INDEX:>3}  {'(ignore)':<{width}}  {ignored:8.2f}")
+        return "\n".join(lines)
+
+
+# --- RGB colour masks --------------------------------------------------------------------
+
+
+def known_palettes(info: DatasetInfo | None = None) -> dict[str, dict[RGB, int]]:
+    """Colour -> class id for the dataset's own colours and the common label palettes.
+
+    Black maps to ignore in the CamVid and Cityscapes colour codings (their "void");
+    in the VOC colour map black is background and (224, 224, 192) is ignore.
+    """
+    palettes: dict[str, dict[RGB, int]] = {}
+    if info is not None and info.colors:
+        palettes[info.name] = _color_table(info.colors)
+    palettes.setdefault("voc", {c: i for i, c in enumerate(voc_palette(256))})
+    palettes.setdefault("camvid", _color_table(CAMVID_PALETTE))
+    palettes.setdefault("cityscapes", _color_table(CITYSCAPES_PALETTE))
+    return palettes
+
+
+def _color_table(colors: Sequence[RGB]) -> dict[RGB, int]:
+    table = {tuple(c): i for i, c in enumerate(colors)}
+    table.setdefault((0, 0, 0), IGNORE_INDEX)
+    table.setdefault((224, 224, 192), IGNORE_INDEX)
+    return table
+
+
+def mask_colors(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct colours of an HxWx3 mask ([K,3] uint8) and each pixel's colour index."""
+    keys = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    uniq, inverse = np.unique(keys.ravel(), return_inverse=True)
+    colors = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=1)
+    return colors.astype(np.uint8), inverse.reshape(rgb.shape[:2])
+
+
+def match_palette(
+    colors: np.ndarray, palettes: Mapping[str, Mapping[RGB, int]]
+) -> str | None:
+    """The first palette that contains every colour in ``colors`` ([K,3]), else None."""
+    wanted = [tuple(int(v) for v in c) for c in colors]
+    for name, table in palettes.items():
+        if all(c in table for c in wanted):
+            return name
+    return None
+
+
+def rgb_to_index(rgb: np.ndarray, table: Mapping[RGB, int], path: Path | str = "<mask>"):
+    """An HxWx3 colour mask -> uint8 HxW class ids through ``table`` (colour -> id)."""
+    colors, inverse = mask_colors(rgb)
+    ids = []
+    for c in colors:
+        key = tuple(int(v) for v in c)
+        if key not in table:
+            raise DataError(
+                "rgb", path, f"colour {key} in {path} is not in the palette; fix the mask"
+            )
+        ids.append(table[key])
+    return np.asarray(ids, dtype=np.uint8)[inverse]
+
+
+# --- the check ---------------------------------------------------------------------------
+
+
+def check_pairs(
+    pairs: Iterable[Pair],
+    info: DatasetInfo,
+    *,
+    verify_images: bool = True,
+    convert_dir: str | Path | None = None,
+    progress: bool = False,
+) -> DataReport:
+    """Check every pair and gather class statistics; never raises for a bad file.
+
+    ``verify_images=False`` reads only image headers (sizes), much faster than decoding.
+    ``convert_dir``: write RGB palette masks there as index PNGs named ``<mask stem>.png``.
+    """
+    pairs = list(pairs)
+    n = info.num_classes
+    report = DataReport(
+        class_names=info.class_names,
+        pixel_counts=np.zeros(n, np.int64),
+        present_pixels=np.zeros(n, np.int64),
+    )
+    palettes = known_palettes(info)
+    if convert_dir is not None:
+        Path(convert_dir).mkdir(parents=True, exist_ok=True)
+    if progress:
+        from tqdm import tqdm
+
+        pairs = tqdm(pairs, desc="checking", unit="img")
+    for image_path, mask_path in pairs:
+        report.num_images += 1
+        try:
+            size = _image_size(image_path, verify_images)
+            raw = read_raw_mask(mask_path)
+            if raw.ndim == 3:
+                raw = _handle_rgb(raw, mask_path, palettes, convert_dir, report)
+                if raw is None:
+                    continue
+            mask = info.encode(raw, mask_path)
+            if mask.shape != size:
+                raise DataError(
+                    "size",
+                    mask_path,
+                    f"image {image_path} is {size[1]}x{size[0]} but mask {mask_path} is "
+                    f"{mask.shape[1]}x{mask.shape[0]}; masks must have their image's size",
+                )
+        except DataError as e:
+            report.problems.append(Problem(e.kind, e.path, str(e)))
+            continue
+        counts = np.bincount(mask.ravel(), minlength=256)
+        classes = counts[:n]
+        report.pixel_counts += classes
+        labelled = int(classes.sum())
+        report.present_pixels[classes > 0] += labelled
+        report.ignore_pixels += int(counts[IGNORE_INDEX])
+        report.total_pixels += int(mask.size)
+    return report
+
+
+def _image_size(path: Path, verify: bool) -> tuple[int, int]:
+    if verify:
+        return read_image(path).shape[:2]
+    try:
+        with Image.open(path) as img:
+            return (img.height, img.width)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError("unreadable", path, f"cannot read image {path} ({e})") from e
+
+
+def _handle_rgb(
+    rgb: np.ndarray,
+    path: Path,
+    palettes: Mapping[str, Mapping[RGB, int]],
+    convert_dir: str | Path | None,
+    report: DataReport,
+) -> np.ndarray | None:
+    """Record an RGB mask; convert it when its colours match a palette and asked to."""
+    colors, _ = mask_colors(rgb)
+    name = match_palette(colors, palettes)
+    report.rgb_masks.append((path, name))
+    if name is None:
+        shown = ", ".join(str(tuple(int(v) for v in c)) for c in colors[:6])
+        raise DataError(
+            "rgb",
+            path,
+            f"{path} is an RGB mask whose colours ({shown}{', ...' if len(colors) > 6 else ''})"
+            " match no known palette; export single-channel class ids (and no JPEG masks)",
+        )
+    if convert_dir is None:
+        raise DataError(
+            "rgb",
+            path,
+            f"{path} is an RGB mask in the {name} palette; convert it to class ids with "
+            "--convert-rgb OUT_DIR",
+        )
+    table = palettes[name]
+    mask = rgb_to_index(rgb, table, path)
+    out = Path(convert_dir) / f"{path.stem}.png"
+    colors = voc_palette(256)
+    for color, i in table.items():
+        if i != IGNORE_INDEX:
+            colors[i] = color  # the converted mask shows the colours it was drawn with
+    image = Image.fromarray(mask, mode="P")
+    image.putpalette([v for c in colors for v in c])
+    image.save(out)
+    report.converted.append(out)
+    return mask
+
+
+def write_weights_json(report: DataReport, path: str | Path) -> None:
+    """Save ``report.to_dict()`` (class weights and frequencies) for the training config."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
