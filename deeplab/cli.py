@@ -29,12 +29,48 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- deeplab zoo -------------------------------------------------------------
+
+
+def _add_zoo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fetch", metavar="NAME", help="download (or find) and verify an entry's file")
+    p.add_argument(
+        "--save",
+        nargs=2,
+        metavar=("NAME", "OUT"),
+        help="convert an entry and save the model as a PyTorch state_dict (.pt)",
+    )
+
+
+def _run_zoo(args: argparse.Namespace) -> int:
+    from deeplab.weights import entry_path, get_entry
+    from deeplab.weights.zoo import zoo_table
+
+    if args.fetch:
+        print(entry_path(get_entry(args.fetch)))
+        return 0
+    if args.save:
+        import torch
+
+        from deeplab.models import create_model
+
+        name, out = args.save
+        entry = get_entry(name)
+        model = create_model(entry.arch, pretrained=entry.name)
+        torch.save(model.state_dict(), out)
+        print(f"saved {name} ({entry.arch}, {dict(entry.options)}) to {out}")
+        return 0
+    print(zoo_table())
+    return 0
+
+
 # --- new commands go above this line ----------------------------------------
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
 
 COMMANDS: list[Command] = [
     ("models", "list models with parameters and multiply-adds", _add_models, _run_models),
+    ("zoo", "list pretrained weights; fetch or convert one", _add_zoo, _run_zoo),
 ]
 
 
