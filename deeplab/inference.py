@@ -189,6 +189,43 @@ class Prediction:
         return self.class_names[i] if i < len(self.class_names) else f"class_{i}"
 
 
+def save_prediction(
+    pred: Prediction,
+    out_dir: str | Path,
+    stem: str,
+    *,
+    alpha: float = 0.5,
+    probabilities: bool = False,
+    portrait: str | None = None,
+) -> list[Path]:
+    """Write one prediction's files into ``out_dir``; returns their paths.
+
+    ``<stem>.png`` (index PNG with palette), ``<stem>_color.png``, ``<stem>_overlay.jpg``,
+    ``<stem>_probs.npy`` (CxHxW float32) with ``probabilities``, and ``<stem>_portrait.jpg``
+    (class ``portrait`` sharp, the rest blurred) when a class is named.
+    """
+    from deeplab import viz
+
+    if pred.image is None:
+        raise ValueError("this Prediction carries no image; make it with Segmenter.predict")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{stem}.png", out / f"{stem}_color.png", out / f"{stem}_overlay.jpg"]
+    viz.save_index_png(pred.labels, written[0], pred.palette)
+    Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[1])
+    blend = viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)
+    Image.fromarray(blend).save(written[2], quality=92)
+    if probabilities:
+        if pred.probabilities is None:
+            raise ValueError("predict with probabilities=True to save them")
+        written.append(out / f"{stem}_probs.npy")
+        np.save(written[-1], pred.probabilities.astype(np.float32))
+    if portrait is not None:
+        written.append(out / f"{stem}_portrait.jpg")
+        Image.fromarray(viz.portrait(pred.image, pred.mask(portrait))).save(written[-1], quality=92)
+    return written
+
+
 # --- the segmenter ----------------------------------------------------------
 
 
@@ -310,6 +347,86 @@ class Segmenter:
         )
         return cls(model, **{**fields, **options})
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **options) -> Segmenter:
+        """A training checkpoint (``last.pt``/``best.pt``): model, classes and
+        normalisation come from the resolved config saved inside it."""
+        from deeplab.config import from_dict
+        from deeplab.train import load_checkpoint, normalisation
+
+        state = load_checkpoint(path)
+        if "config" not in state:
+            raise ValueError(
+                f"{path} has no 'config' entry; for a bare state_dict use "
+                "Segmenter.from_weights(path, model=NAME, num_classes=N)"
+            )
+        cfg = from_dict(state["config"])
+        model_options = dict(cfg.model.options, output_stride=cfg.model.output_stride)
+        if cfg.model.align_corners is not None:
+            model_options["align_corners"] = cfg.model.align_corners
+        names, palette = _dataset_classes(cfg.data.dataset, cfg.model.num_classes, cfg.data.root)
+        model = _build_and_load(
+            cfg.model.name,
+            state["model"],
+            num_classes=cfg.model.num_classes or (len(names) if names else None),
+            options=model_options,
+            origin=str(path),
+        )
+        if names is None or len(names) != model.num_classes:
+            names, palette = None, None
+        mean, std = normalisation(cfg)
+        fields = dict(mean=mean, std=std, class_names=names, palette=palette)
+        return cls(model, **{**fields, **options})
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        num_classes: int | None = None,
+        dataset: str | None = None,
+        **options,
+    ) -> Segmenter:
+        """A weight file: a training checkpoint (its config says everything), or a
+        state_dict / ``.tflite`` file for the registered ``model``.
+
+        Without ``num_classes`` the count is read from the file's classifier;
+        class names and palette come from ``dataset`` or are guessed from the count
+        (21 VOC, 19 Cityscapes, 11 CamVid, 150 ADE20K), mean/std default to ImageNet's.
+        """
+        from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} not found")
+        if path.suffix != ".tflite" and _is_training_checkpoint(path):
+            return cls.from_checkpoint(path, **options)
+        if model is None:
+            raise ValueError(
+                f"{path} is a bare weight file: say which network it fits with --model NAME "
+                "(`deeplab models` lists them)"
+            )
+        from deeplab.models import create_model
+
+        if path.suffix == ".tflite":
+            net = create_model(model, pretrained=str(path))
+        else:
+            from deeplab.weights import read_state_dict
+
+            net = _build_and_load(
+                model, read_state_dict(path), num_classes=num_classes, options={}, origin=str(path)
+            )
+        names, palette = _dataset_classes(dataset, net.num_classes, None)
+        if names is None or len(names) != net.num_classes:
+            names, palette = None, None
+        fields = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=names, palette=palette)
+        if path.suffix == ".tflite":
+            from deeplab.data.labels import TF_MEAN, TF_STD
+
+            fields.update(mean=TF_MEAN, std=TF_STD)
+        return cls(net, **{**fields, **options})
+
     # --- preprocessing ------------------------------------------------------
 
     def normalize(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -428,6 +545,61 @@ class Segmenter:
                 f"the model returned {logits.shape[1]} channels for {self.num_classes} classes"
             )
         return self._resize(logits, x.shape[-2:])[:, :, :h, :w]
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False  # not for us to judge: the state_dict reader gives the real error
+    return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj
+
+
+def _dataset_classes(
+    dataset: str | None, num_classes: int | None, root: str | None
+) -> tuple[tuple[str, ...] | None, Palette]:
+    """Class names and palette of a dataset name, or guessed from the class count."""
+    from deeplab.data.datasets import dataset_info
+
+    guesses = {21: "voc", 19: "cityscapes", 11: "camvid", 150: "ade20k"}
+    name = dataset or guesses.get(num_classes or -1)
+    if name is None:
+        return None, None
+    try:
+        root_path = Path(root) if root and Path(root).is_dir() else None
+        info = dataset_info(name, num_classes=num_classes, root=root_path)
+    except (KeyError, ValueError):
+        return None, None
+    return info.class_names, info.palette()
+
+
+def _build_and_load(
+    arch: str,
+    state: dict[str, torch.Tensor],
+    *,
+    num_classes: int | None,
+    options: dict,
+    origin: str,
+) -> nn.Module:
+    """The registered ``arch`` holding exactly ``state``; the class count is read from
+    the classifier when ``num_classes`` is not given."""
+    from deeplab.models import create_model
+    from deeplab.weights import load_matching
+
+    model = create_model(arch, **options, **({"num_classes": num_classes} if num_classes else {}))
+    model.eval()
+    dropped = load_matching(model, state, origin=origin)
+    if not dropped:
+        return model
+    found = int(state[dropped[0]].shape[0])
+    if num_classes is not None:
+        raise ValueError(
+            f"{origin} was trained for {found} classes, not {num_classes}; "
+            f"pass --num-classes {found}"
+        )
+    model = create_model(arch, **options, num_classes=found)
+    load_matching(model, state, origin=origin)
+    return model
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
