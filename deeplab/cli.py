@@ -64,6 +64,132 @@ def _run_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- shared by predict and eval ---------------------------------------------
+
+
+def _parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.5:0.25:1.75"`` (start:step:stop, inclusive) or ``"0.5,1,1.5"`` -> scales."""
+    try:
+        if ":" in text:
+            start, step, stop = (float(v) for v in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return tuple(round(start + i * step, 6) for i in range(count))
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"scales {text!r}: give start:step:stop (0.5:0.25:1.75) or a list (0.5,1,1.5)"
+        ) from None
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scales", type=_parse_scales, default=(1.0,),
+                   help="test scales: 0.5:0.25:1.75 or 0.5,1,1.5 (default 1)")
+    p.add_argument("--flip", action="store_true", help="also average left-right flipped inputs")
+    p.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                   help="run the model at this output stride (e.g. 8 after training at 16)")
+    p.add_argument("--sliding-window", action="store_true",
+                   help="tile inputs larger than --crop with overlapping windows")
+    p.add_argument("--crop", type=int, help="sliding-window size (default 513; implies tiling)")
+    p.add_argument("--overlap", type=float, default=1 / 3, help="window overlap fraction")
+    p.add_argument("--crf", action="store_true", help="refine with the dense CRF")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:1 (default cpu)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="images, flips or windows per forward pass")
+    p.add_argument("--weights", help="training checkpoint, state_dict or .tflite file")
+    p.add_argument("--num-classes", type=int,
+                   help="classes of a bare state_dict (default: read from its classifier)")
+
+
+def _segmenter_options(args: argparse.Namespace) -> dict:
+    crop = args.crop or (513 if args.sliding_window else None)
+    return dict(scales=args.scales, flip=args.flip, crop=crop, overlap=args.overlap,
+                crf=args.crf, output_stride=args.output_stride, device=args.device,
+                batch_size=args.batch_size)
+
+
+def _build_segmenter(args: argparse.Namespace, model: str | None, dataset: str | None = None):
+    """The Segmenter that ``--weights`` / ``--model`` / nothing (the default zoo model) ask for."""
+    from deeplab.inference import Segmenter
+    from deeplab.weights import list_entries
+
+    options = _segmenter_options(args)
+    if args.weights:
+        return Segmenter.from_weights(args.weights, model=model, num_classes=args.num_classes,
+                                      dataset=dataset, **options)
+    if model is not None and model not in {e.name for e in list_entries(kind="segmentation")}:
+        zoo = ", ".join(e.name for e in list_entries(kind="segmentation"))
+        raise ValueError(f"{model!r} is not a pretrained zoo entry ({zoo}); for an "
+                         "architecture of your own training pass its file with --weights")
+    return Segmenter.from_pretrained(model, **options)
+
+
+# --- deeplab predict ----------------------------------------------------------
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--out", default="out", help="output folder (default out)")
+    p.add_argument("--model", help="zoo entry (default: the VOC model), or with --weights a "
+                                   "registered architecture")
+    p.add_argument("--dataset", help="class names/palette for --weights: voc, camvid, "
+                                     "cityscapes, ade20k (default: guessed from the class count)")
+    p.add_argument("--probs", action="store_true", help="also write <stem>_probs.npy (CxHxW)")
+    p.add_argument("--portrait", metavar="CLASS",
+                   help="keep CLASS sharp and blur the rest: <stem>_portrait.jpg")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or class shares")
+    _add_inference_options(p)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from deeplab.inference import find_images, load_image, save_prediction
+
+    paths = find_images(args.images)
+    if not paths:
+        print(f"error: no images found in {' '.join(args.images)}", file=sys.stderr)
+        return 2
+    try:
+        segmenter = _build_segmenter(args, args.model, args.dataset)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.portrait and args.portrait not in segmenter.class_names:
+        print(f"error: --portrait {args.portrait!r} is not a class of this model; choose one "
+              f"of: {', '.join(segmenter.class_names)}", file=sys.stderr)
+        return 2
+    failed, stems = [], set()
+    bar = tqdm(paths, unit="image", disable=args.quiet or len(paths) < 2)
+    for path in bar:
+        try:
+            image = load_image(path)
+        except (OSError, ValueError) as err:
+            tqdm.write(f"error: {err}", file=sys.stderr)
+            failed.append(path)
+            continue
+        pred = segmenter.predict(image, probabilities=args.probs)
+        stem, n = path.stem, 1
+        while stem in stems:  # same name in two folders: keep both
+            n += 1
+            stem = f"{path.stem}-{n}"
+        stems.add(stem)
+        save_prediction(pred, args.out, stem, alpha=args.alpha, probabilities=args.probs,
+                        portrait=args.portrait)
+        if not args.quiet:
+            tqdm.write(f"{path.name}: {pred.summary()}")
+    done = len(paths) - len(failed)
+    if failed:
+        print(f"{done} of {len(paths)} images written to {args.out}; unreadable: "
+              f"{', '.join(str(p) for p in failed)}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"{done} image{'s' if done != 1 else ''} written to {args.out}")
+    return 0
+
+
 # --- new commands go above this line ----------------------------------------
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -71,6 +197,7 @@ Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..
 COMMANDS: list[Command] = [
     ("models", "list models with parameters and multiply-adds", _add_models, _run_models),
     ("zoo", "list pretrained weights; fetch or convert one", _add_zoo, _run_zoo),
+    ("predict", "segment images: label PNGs, colour maps, overlays", _add_predict, _run_predict),
 ]
 
 
