@@ -322,3 +322,84 @@ def test_errors_name_the_fix():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--device cpu"):
             _segmenter(Pointwise(), device="cuda")
+
+
+# --- files and the `deeplab predict` command ----------------------------------
+
+
+def test_save_prediction_writes_every_file(tmp_path):
+    seg = _segmenter(Pointwise(3), class_names=("background", "cat", "person"))
+    image = _smooth_image(30, 40)
+    pred = seg.predict(image, probabilities=True)
+    from deeplab.inference import save_prediction
+
+    files = save_prediction(pred, tmp_path, "pic", probabilities=True, portrait="person")
+    assert [f.name for f in files] == [
+        "pic.png",
+        "pic_color.png",
+        "pic_overlay.jpg",
+        "pic_probs.npy",
+        "pic_portrait.jpg",
+    ]
+    with Image.open(tmp_path / "pic.png") as im:
+        assert im.mode == "P" and im.size == (40, 30)
+        np.testing.assert_array_equal(np.asarray(im), pred.labels)
+    np.testing.assert_allclose(np.load(tmp_path / "pic_probs.npy"), pred.probabilities)
+    with Image.open(tmp_path / "pic_portrait.jpg") as im:
+        assert im.size == (40, 30)
+
+
+@pytest.fixture
+def tiny_zoo(monkeypatch):
+    """`Segmenter.from_pretrained` answers with a tiny model, so the CLI runs offline and fast."""
+    made = []
+
+    def fake(cls, name=None, **options):
+        made.append((name, options))
+        names = ("background", "thing", "person")
+        return cls(Pointwise(3), mean=(127.5,) * 3, std=(127.5,) * 3, class_names=names, **options)
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", classmethod(fake))
+    return made
+
+
+def test_cli_predict_writes_outputs_and_reports_unreadable(tmp_path, tiny_zoo, capsys):
+    from deeplab.cli import main
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(_smooth_image(30, 40)).save(src / "a.jpg")
+    Image.fromarray(_smooth_image(20, 25)[..., 0]).save(src / "sub" / "b.png")  # greyscale
+    (src / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = main(["predict", str(src), "--out", str(out), "--probs", "--portrait", "person",
+                 "--scales", "0.75,1", "--flip"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code != 0
+    assert "broken.png" in captured.err
+    for stem, size in (("a", (40, 30)), ("b", (25, 20))):
+        with Image.open(out / f"{stem}.png") as im:
+            assert im.mode == "P" and im.size == size
+        for suffix in ("_color.png", "_overlay.jpg", "_probs.npy", "_portrait.jpg"):
+            assert (out / f"{stem}{suffix}").is_file()
+    assert not list(out.glob("broken*"))
+    assert "a.jpg: " in captured.out and "%" in captured.out
+    assert tiny_zoo[0][0] is None  # no model named: the default zoo entry
+    assert tiny_zoo[0][1]["scales"] == (0.75, 1.0) and tiny_zoo[0][1]["flip"] is True
+
+
+def test_cli_predict_success_and_bad_portrait_class(tmp_path, tiny_zoo, capsys):
+    from deeplab.cli import main
+
+    Image.fromarray(_smooth_image(16, 16)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "x_overlay.jpg").is_file()
+    assert main(["predict", str(tmp_path / "x.png"), "--portrait", "dog"]) == 2
+    assert "person" in capsys.readouterr().err  # the error lists the valid classes
+
+
+def test_parse_scales():
+    from deeplab.cli import _parse_scales
+
+    assert _parse_scales("0.5:0.25:1.75") == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert _parse_scales("1,1.5") == (1.0, 1.5)
