@@ -190,6 +190,104 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- deeplab labelme2voc ----------------------------------------------------
+
+
+def _add_labelme2voc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("in_dir", help="folder of labelme *.json files (images beside or embedded)")
+    p.add_argument("out_dir", help="output: JPEGImages/, SegmentationClass/, class_names.txt")
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="class names, one per line: __ignore__ (-> 255), _background_ (-> 0), ...",
+    )
+
+
+def _run_labelme2voc(args: argparse.Namespace) -> int:
+    from deeplab.data.datasets import DataError
+    from deeplab.data.labelme import labelme2voc
+
+    try:
+        stems = labelme2voc(args.in_dir, args.out_dir, args.labels)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"converted {len(stems)} labelme file(s) into {args.out_dir}")
+    return 0
+
+
+# --- deeplab check-data -----------------------------------------------------
+
+
+def _add_check_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        choices=("voc", "cityscapes", "ade20k", "camvid", "folder"),
+        help="dataset kind (with --root and --split); omit to check --images/--masks",
+    )
+    p.add_argument("--root", help="dataset root folder")
+    p.add_argument("--split", default="train", help="split name (default train)")
+    p.add_argument("--images", help="image folder (masks matched by file stem)")
+    p.add_argument("--masks", help="mask folder")
+    p.add_argument("--num-classes", type=int, help="number of classes of folder data")
+    p.add_argument("--class-names", help="file with one class name per line (folder data)")
+    p.add_argument("--convert-rgb", metavar="OUT_DIR", help="write RGB palette masks as index PNGs")
+    p.add_argument("--weights-json", metavar="PATH", help="save class frequencies and weights")
+    p.add_argument("--fast", action="store_true", help="read image headers only, do not decode")
+
+
+def _run_check_data(args: argparse.Namespace) -> int:
+    from deeplab.data.check import check_pairs, write_weights_json
+    from deeplab.data.datasets import (
+        DataError,
+        build_dataset,
+        dataset_info,
+        folder_pairs,
+        read_class_names,
+    )
+
+    names = read_class_names(args.class_names) if args.class_names else None
+    try:
+        if args.dataset is None:
+            if not (args.images and args.masks):
+                print("error: give a dataset and --root, or --images and --masks", file=sys.stderr)
+                return 2
+            info = dataset_info(
+                "folder", class_names=names, num_classes=args.num_classes, root=args.images
+            )
+            pairs = folder_pairs(args.images, args.masks)
+        else:
+            if not args.root:
+                print(f"error: {args.dataset} needs --root", file=sys.stderr)
+                return 2
+            dataset = build_dataset(
+                args.dataset,
+                root=args.root,
+                split=args.split,
+                images=args.images,
+                masks=args.masks,
+                class_names=names,
+                num_classes=args.num_classes,
+            )
+            info, pairs = dataset.info, dataset.pairs
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report = check_pairs(
+        pairs, info, verify_images=not args.fast, convert_dir=args.convert_rgb, progress=True
+    )
+    print(report.format())
+    if report.rgb_masks:
+        print(f"{len(report.rgb_masks)} RGB colour mask(s) found", end="")
+        print(f"; {len(report.converted)} converted into {args.convert_rgb}" if report.converted
+              else "; convert them with --convert-rgb OUT_DIR")  # fmt: skip
+    if args.weights_json:
+        write_weights_json(report, args.weights_json)
+        print(f"class weights written to {args.weights_json}")
+    return 0 if report.ok else 1
+
+
 # --- new commands go above this line ----------------------------------------
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -198,7 +296,11 @@ COMMANDS: list[Command] = [
     ("models", "list models with parameters and multiply-adds", _add_models, _run_models),
     ("zoo", "list pretrained weights; fetch or convert one", _add_zoo, _run_zoo),
     ("predict", "segment images: label PNGs, colour maps, overlays", _add_predict, _run_predict),
-]
+    ("labelme2voc", "convert labelme JSON files to VOC-style index masks",
+     _add_labelme2voc, _run_labelme2voc),
+    ("check-data", "check a dataset's files and print class frequencies and weights",
+     _add_check_data, _run_check_data),
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
