@@ -1,0 +1,249 @@
+"""Training loop: schedule, sampler, BN modes, checkpoints and exact resume.
+
+This file doubles as a script for the multi-process tests (test_train_processes.py):
+``python tests/test_train.py out_dir key=value ...`` trains ``TinyNet`` on ``Synthetic``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from deeplab.config import load_config
+from deeplab.train import (
+    BatchStream,
+    CheckpointError,
+    ShardedBatchSampler,
+    build_optimizer,
+    configure_batchnorm,
+    load_checkpoint,
+    poly_schedule,
+    save_checkpoint,
+    set_train_mode,
+    train,
+)
+
+NUM_CLASSES = 3
+
+
+class TinyNet(nn.Module):
+    """A DeepLab-shaped toy: stride-2 conv (+BN) -> dropout -> 1x1 classifier -> upsample.
+
+    ``forward(x [N,3,H,W]) -> logits [N,3,H,W]``.
+    """
+
+    def __init__(self, *, bn: bool = True, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = NUM_CLASSES
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=not bn),
+            nn.BatchNorm2d(8) if bn else nn.Identity(),
+            nn.ReLU(),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(8, NUM_CLASSES, 1)
+        self.output_stride = 2
+
+    def set_output_stride(self, output_stride: int) -> None:
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.classifier(self.dropout(self.backbone(x)))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Synthetic:
+    """Random 20x20 images whose class is the brightest of the first 3 channels.
+
+    Training items are random 16x16 crops with random flips, drawn from (seed, epoch, index)
+    like the real datasets; without a seed, the full image.
+    """
+
+    def __init__(self, n: int = 16, *, seed: int | None = 0, size: int = 20) -> None:
+        self.n, self.seed, self.size, self.epoch = n, seed, size, 0
+        self.num_classes = NUM_CLASSES
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(1000 + i)
+        image = F.avg_pool2d(torch.randn(1, 3, self.size + 2, self.size + 2, generator=g), 3, 1)[0]
+        mask = image.argmax(0)
+        if self.seed is None:
+            return image, mask
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        top, left = (int(v) for v in rng.integers(0, self.size - 16 + 1, size=2))
+        image, mask = image[:, top : top + 16, left : left + 16], mask[top : top + 16, left : left + 16]
+        if rng.random() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return image.contiguous(), mask.contiguous()
+
+
+def tiny_config(out_dir, *overrides: str):
+    return load_config(None, [
+        f"train.out_dir={out_dir}", "train.iters=6", "train.batch_size=4", "train.log_every=1",
+        "train.ckpt_every=100", "train.val_every=0", "train.progress=false", "data.num_workers=0",
+        "optim.lr=0.05", "model.bn=finetune", *overrides,
+    ])  # fmt: skip
+
+
+def test_poly_schedule_with_warmup():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = poly_schedule(opt, max_iters=100, power=0.9, warmup_iters=10, warmup_factor=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.001)
+    assert lrs[5] == pytest.approx(0.01 * (1 - 5 / 100) ** 0.9 * (0.1 + 0.9 * 0.5))
+    assert lrs[50] == pytest.approx(0.01 * 0.5**0.9)
+    assert lrs[99] == pytest.approx(0.01 * 0.01**0.9)
+    assert max(lrs) < 0.01
+
+
+def test_sampler_shards_make_up_the_global_batch_and_resume_mid_epoch():
+    single = list(ShardedBatchSampler(12, batch_size=4, seed=3))
+    ranks = [list(ShardedBatchSampler(12, batch_size=2, seed=3, rank=r, world_size=2))
+             for r in range(2)]  # fmt: skip
+    assert len(single) == len(ranks[0]) == 3
+    for step in range(3):
+        assert sorted(single[step]) == sorted(ranks[0][step] + ranks[1][step])
+    assert sorted(i for b in single for i in b) == list(range(12))  # a permutation
+    resumed = ShardedBatchSampler(12, batch_size=4, seed=3)
+    resumed.set_position(0, 1)
+    assert list(resumed) == single[1:]
+    resumed.set_position(1, 0)
+    assert list(resumed) != single  # a new order each epoch
+
+
+def test_batch_stream_continues_from_its_state():
+    def stream():
+        return BatchStream(Synthetic(10), ShardedBatchSampler(10, batch_size=3, seed=1))
+
+    a = stream()
+    first = [next(a) for _ in range(7)]  # 3 batches per epoch: crosses two epochs
+    assert a.state() == {"epoch": 2, "batch": 1}
+    b = stream()
+    for _ in range(4):
+        next(b)
+    c = stream()
+    c.load_state(b.state())
+    for want in first[4:]:
+        got = next(c)
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+
+
+def test_too_small_dataset_is_explained():
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        BatchStream(Synthetic(3), ShardedBatchSampler(3, batch_size=4))
+
+
+def test_weight_decay_skips_bn_and_bias():
+    model = TinyNet()
+    opt = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert {p.ndim for p in decay["params"]} == {4}
+    assert len(no_decay["params"]) == 3  # BN gamma, beta and the classifier bias
+
+
+def test_frozen_bn_keeps_running_stats_and_gets_no_gradient():
+    model = TinyNet()
+    frozen = configure_batchnorm(model, "auto", images_per_bn=4)  # < 12 -> freeze
+    bn = model.backbone[1]
+    assert frozen == [bn] and not bn.weight.requires_grad
+    set_train_mode(model, frozen)
+    assert model.training and not bn.training
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    torch.testing.assert_close(bn.running_mean, before)
+    assert bn.weight.grad is None
+    assert configure_batchnorm(TinyNet(), "auto", images_per_bn=12) == []
+    assert len(configure_batchnorm(TinyNet(), "freeze_backbone", images_per_bn=16)) == 1
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = ("train.iters=8", "train.batch_size=8", "train.accum_steps=2")  # 4 epochs
+    torch.manual_seed(0)
+    one_go = train(tiny_config(tmp_path / "a", *common), model=TinyNet(),
+                   train_set=Synthetic(16))  # fmt: skip
+    assert one_go.status == "done" and one_go.step == 8
+
+    torch.manual_seed(0)
+    half = train(tiny_config(tmp_path / "b", *common, "train.stop_at=3"), model=TinyNet(),
+                 train_set=Synthetic(16))  # fmt: skip
+    assert half.status == "stopped" and half.step == 3
+    mid = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert mid["step"] == 3 and mid["data"] == {"epoch": 1, "batch": 2}  # 4 micro-batches/epoch
+    # A fresh model with other initial weights: everything must come from the checkpoint.
+    torch.manual_seed(123)
+    rest = train(tiny_config(tmp_path / "b", *common), model=TinyNet(), train_set=Synthetic(16),
+                 resume=tmp_path / "b" / "last.pt")  # fmt: skip
+    assert rest.status == "done" and rest.step == 8
+
+    a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7, msg=key)
+    # The run really trained: weights moved away from their start.
+    torch.manual_seed(0)
+    assert not torch.allclose(a["classifier.weight"], TinyNet().state_dict()["classifier.weight"])
+
+
+def test_metrics_log_and_loss_goes_down(tmp_path):
+    import json
+
+    train(tiny_config(tmp_path, "train.iters=30", "optim.lr=0.2"), model=TinyNet(dropout=0.0),
+          train_set=Synthetic(16))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert {"loss", "lr", "img_s", "epoch"} <= rows[0].keys()
+    assert np.mean([r["loss"] for r in rows[-5:]]) < 0.7 * np.mean([r["loss"] for r in rows[:5]])
+    assert rows[-1]["lr"] < rows[0]["lr"]
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"last\.pt is unreadable"):
+        load_checkpoint(bad)
+    good = save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}})
+    assert load_checkpoint(good)["model"]["w"].sum() == 2
+    assert not list(tmp_path.glob(".*.tmp"))  # the temp file was renamed away
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(truncated)
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/test_train.py OUT_DIR key=value ...``: train TinyNet on Synthetic."""
+    out_dir, *overrides = argv
+    torch.set_num_threads(1)
+    cfg = tiny_config(out_dir, *overrides)
+    resume = cfg.train.out_dir + "/last.pt" if "--resume" in sys.argv else None
+    progress = train(cfg, model=TinyNet(bn=True, dropout=0.0), train_set=Synthetic(16),
+                     val_set=None, resume=resume)  # fmt: skip
+    print(f"finished: {progress.status} at step {progress.step}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main([a for a in sys.argv[1:] if a != "--resume"]))
