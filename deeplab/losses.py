@@ -1,7 +1,7 @@
 """Pixel-wise losses for DeepLab training.
 
 Cross-entropy over every labelled pixel, with the ignore label (255), optional class
-weights (e.g. median-frequency balancing, Eigen and Fergus 2015) and the TF release's
+weights (e.g. the median-frequency weights `deeplab check-data` writes) and the TF release's
 hard-pixel mining: average only the top k% largest pixel losses
 (``top_k_percent_pixels``), ramped in linearly over ``hard_example_mining_step`` steps
 (deeplab/utils/train_utils.py in the TF release).
@@ -104,22 +104,6 @@ class SegmentationLoss(nn.Module):
             logits, target, weight=self.weight, ignore_index=self.ignore_index,
             top_k_percent=fraction,
         )  # fmt: skip
-
-
-def median_frequency_weights(pixel_counts: list[int] | torch.Tensor) -> torch.Tensor:
-    """Class weights median(freq) / freq(c) from per-class pixel counts (Eigen & Fergus 2015).
-
-    A class that never occurs gets weight 0 (it cannot contribute to the loss anyway).
-    """
-    counts = torch.as_tensor(pixel_counts, dtype=torch.float64)
-    freq = counts / counts.sum().clamp(min=1)
-    present = freq > 0
-    if not present.any():
-        raise ValueError("every class count is zero; cannot derive class weights")
-    median = freq[present].median()
-    weights = torch.zeros_like(freq)
-    weights[present] = median / freq[present]
-    return weights.float()
 
 
 def load_class_weights(source: list[float] | str | Path, *, num_classes: int) -> list[float]:

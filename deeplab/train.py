@@ -26,6 +26,7 @@ writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -759,6 +760,8 @@ def train(
     num_classes = num_classes or cfg.model.num_classes or getattr(train_set, "num_classes", None)
     if num_classes is None:
         raise ConfigError("set model.num_classes: the training set does not say its class count")
+    # The saved config is the resolved one: it names the class count the model was built with.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
     if model is None:
         model = build_model(cfg, num_classes=num_classes)
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from deeplab.losses import (
     SegmentationLoss,
     load_class_weights,
-    median_frequency_weights,
     mining_fraction,
     pixel_cross_entropy,
 )
@@ -74,12 +73,6 @@ def test_gradient_flows_only_to_labelled_pixels():
     SegmentationLoss(num_classes=4, top_k_percent_pixels=0.5)(logits, target).backward()
     assert logits.grad[0, :, 0, :3].abs().sum() == 0
     assert logits.grad.abs().sum() > 0
-
-
-def test_median_frequency_weights():
-    w = median_frequency_weights([100, 300, 600, 0])
-    # frequencies 0.1, 0.3, 0.6 -> median 0.3
-    torch.testing.assert_close(w, torch.tensor([3.0, 1.0, 0.5, 0.0]))
 
 
 def test_class_weights_from_json(tmp_path):

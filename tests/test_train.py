@@ -82,7 +82,8 @@ class Synthetic:
             return image, mask
         rng = np.random.default_rng((self.seed, self.epoch, i))
         top, left = (int(v) for v in rng.integers(0, self.size - 16 + 1, size=2))
-        image, mask = image[:, top : top + 16, left : left + 16], mask[top : top + 16, left : left + 16]
+        rows, cols = slice(top, top + 16), slice(left, left + 16)
+        image, mask = image[:, rows, cols], mask[rows, cols]
         if rng.random() < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         return image.contiguous(), mask.contiguous()
