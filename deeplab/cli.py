@@ -288,6 +288,114 @@ def _run_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+# --- deeplab eval -------------------------------------------------------------
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give pixel widths such as 1,2,4,8") from None
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="training config YAML: model, dataset, normalisation")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--pretrained", metavar="NAME", help="zoo entry to evaluate")
+    p.add_argument("--model", help="registered architecture of a bare state_dict in --weights")
+    p.add_argument("--dataset", help="voc, cityscapes, ade20k, camvid or folder")
+    p.add_argument("--data-root", help="dataset folder")
+    p.add_argument("--split", help="split to evaluate (default: the config's val split, or val)")
+    p.add_argument("--trimap", type=_parse_ints, default=(), metavar="WIDTHS",
+                   help="also mean IoU within bands around boundaries, e.g. 1,2,4,8,16,32")
+    p.add_argument("--out", metavar="JSON", help="write the metrics here")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--max-images", type=int, help="stop after this many images (quick checks)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_inference_options(p)
+    p.set_defaults(batch_size=1)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from deeplab.config import load_config, to_dict
+    from deeplab.data.datasets import build_dataset
+    from deeplab.data.transforms import eval_transform, pad_collate
+    from deeplab.evaluate import evaluate, format_report, save_results
+
+    try:
+        cfg = load_config(args.config, args.overrides) if args.config else None
+        if args.overrides and cfg is None:
+            raise ValueError(f"overrides {args.overrides} need a config file: -c config.yaml")
+        name = args.dataset or (cfg.data.dataset if cfg else None)
+        root = args.data_root or (cfg.data.root if cfg else None)
+        split = args.split or (cfg.data.val_split if cfg else "val")
+        if not name or not root:
+            raise ValueError("say which data: --dataset NAME --data-root DIR, or -c config.yaml")
+        options = dict(cfg.data.options) if cfg else {}
+        dataset = build_dataset(name, root=root, split=split, **options)
+        segmenter = _eval_segmenter(args, cfg, dataset_name=name, num_classes=dataset.num_classes)
+        mean = segmenter.mean.flatten().tolist()
+        std = segmenter.std.flatten().tolist()
+        # k * output_stride + 1 padding keeps corners aligned; fixed-size models resize instead.
+        stride = None if segmenter.input_size else getattr(segmenter.model, "output_stride", None)
+        dataset.transform = eval_transform(mean=mean, std=std, output_stride=stride)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=pad_collate)
+    max_batches = None if args.max_images is None else -(-args.max_images // args.batch_size)
+    results = evaluate(segmenter, loader, num_classes=dataset.num_classes, trimap=args.trimap,
+                       progress=not args.quiet, max_batches=max_batches)
+    print(format_report(results, dataset.class_names))
+    setup = dict(scales=list(segmenter.scales), flip=segmenter.flip, crf=segmenter.crf,
+                 crop=segmenter.crop, output_stride=stride)
+    print(f"{name} {split}: mean IoU {100 * results['miou']:.2f}% on {results['images']} "
+          f"images ({', '.join(f'{k}={v}' for k, v in setup.items())})")
+    if args.out:
+        model = args.weights or args.pretrained or (cfg.model.pretrained if cfg else None)
+        save_results(results, args.out, model=model, dataset=name, split=split,
+                     class_names=list(dataset.class_names), **setup,
+                     config=to_dict(cfg) if cfg else None)
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def _eval_segmenter(args: argparse.Namespace, cfg, *, dataset_name: str, num_classes: int):
+    """What to evaluate: --weights, --pretrained, the config's pretrained entry or its
+    best checkpoint."""
+    from pathlib import Path
+
+    from deeplab.inference import Segmenter
+
+    options = _segmenter_options(args)
+    if cfg is not None:
+        from deeplab.train import normalisation
+
+        mean, std = normalisation(cfg)
+    if args.weights:
+        if cfg is not None and args.model is None and not args.num_classes:
+            # A bare state_dict of the config's network; checkpoints bring their own config.
+            options = dict(mean=mean, std=std, **options)
+            return Segmenter.from_weights(args.weights, model=cfg.model.name,
+                                          num_classes=num_classes, dataset=dataset_name,
+                                          **options)
+        return Segmenter.from_weights(args.weights, model=args.model,
+                                      num_classes=args.num_classes or num_classes,
+                                      dataset=dataset_name, **options)
+    pretrained = args.pretrained or (cfg.model.pretrained if cfg else None)
+    if pretrained:
+        return Segmenter.from_pretrained(pretrained, **options)
+    if cfg is not None:
+        best = Path(cfg.train.out_dir) / "best.pt"
+        if best.is_file():
+            return Segmenter.from_checkpoint(best, **options)
+        raise ValueError(f"no weights to evaluate: {best} does not exist; pass --weights FILE")
+    raise ValueError("say what to evaluate: --weights FILE, --pretrained NAME or -c config.yaml")
+
+
 # --- new commands go above this line ----------------------------------------
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -300,6 +408,7 @@ COMMANDS: list[Command] = [
      _add_labelme2voc, _run_labelme2voc),
     ("check-data", "check a dataset's files and print class frequencies and weights",
      _add_check_data, _run_check_data),
+    ("eval", "mean IoU on a dataset split (multi-scale, flip, CRF, trimap)", _add_eval, _run_eval),
 ]  # fmt: skip
 
 
