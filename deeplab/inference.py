@@ -386,6 +386,7 @@ class Segmenter:
         model: str | None = None,
         num_classes: int | None = None,
         dataset: str | None = None,
+        model_options: dict | None = None,
         **options,
     ) -> Segmenter:
         """A weight file: a training checkpoint (its config says everything), or a
@@ -394,6 +395,7 @@ class Segmenter:
         Without ``num_classes`` the count is read from the file's classifier;
         class names and palette come from ``dataset`` or are guessed from the count
         (21 VOC, 19 Cityscapes, 11 CamVid, 150 ADE20K), mean/std default to ImageNet's.
+        ``model_options`` go to the builder (e.g. ``{"width_mult": 0.5}``).
         """
         from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
 
@@ -409,13 +411,15 @@ class Segmenter:
             )
         from deeplab.models import create_model
 
+        model_options = dict(model_options or {})
         if path.suffix == ".tflite":
-            net = create_model(model, pretrained=str(path))
+            net = create_model(model, pretrained=str(path), **model_options)
         else:
             from deeplab.weights import read_state_dict
 
+            state = read_state_dict(path)
             net = _build_and_load(
-                model, read_state_dict(path), num_classes=num_classes, options={}, origin=str(path)
+                model, state, num_classes=num_classes, options=model_options, origin=str(path)
             )
         names, palette = _dataset_classes(dataset, net.num_classes, None)
         if names is None or len(names) != net.num_classes:
