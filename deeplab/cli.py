@@ -100,6 +100,20 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="training checkpoint, state_dict or .tflite file")
     p.add_argument("--num-classes", type=int,
                    help="classes of a bare state_dict (default: read from its classifier)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option for a bare state_dict, e.g. width_mult=0.5 (repeatable)")
+
+
+def _model_options(items: list[str]) -> dict:
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-option {item!r} is not KEY=VALUE (e.g. width_mult=0.5)")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
 
 
 def _segmenter_options(args: argparse.Namespace) -> dict:
@@ -117,7 +131,8 @@ def _build_segmenter(args: argparse.Namespace, model: str | None, dataset: str |
     options = _segmenter_options(args)
     if args.weights:
         return Segmenter.from_weights(args.weights, model=model, num_classes=args.num_classes,
-                                      dataset=dataset, **options)
+                                      dataset=dataset,
+                                      model_options=_model_options(args.model_option), **options)
     if model is not None and model not in {e.name for e in list_entries(kind="segmentation")}:
         zoo = ", ".join(e.name for e in list_entries(kind="segmentation"))
         raise ValueError(f"{model!r} is not a pretrained zoo entry ({zoo}); for an "
@@ -381,10 +396,11 @@ def _eval_segmenter(args: argparse.Namespace, cfg, *, dataset_name: str, num_cla
             options = dict(mean=mean, std=std, **options)
             return Segmenter.from_weights(args.weights, model=cfg.model.name,
                                           num_classes=num_classes, dataset=dataset_name,
-                                          **options)
+                                          model_options=dict(cfg.model.options), **options)
         return Segmenter.from_weights(args.weights, model=args.model,
                                       num_classes=args.num_classes or num_classes,
-                                      dataset=dataset_name, **options)
+                                      dataset=dataset_name,
+                                      model_options=_model_options(args.model_option), **options)
     pretrained = args.pretrained or (cfg.model.pretrained if cfg else None)
     if pretrained:
         return Segmenter.from_pretrained(pretrained, **options)
