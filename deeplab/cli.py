@@ -253,6 +253,8 @@ def _add_check_data(p: argparse.ArgumentParser) -> None:
 
 
 def _run_check_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from deeplab.data.check import check_pairs, write_weights_json
     from deeplab.data.datasets import (
         DataError,
@@ -269,7 +271,10 @@ def _run_check_data(args: argparse.Namespace) -> int:
                 print("error: give a dataset and --root, or --images and --masks", file=sys.stderr)
                 return 2
             info = dataset_info(
-                "folder", class_names=names, num_classes=args.num_classes, root=args.images
+                "folder",
+                class_names=names,
+                num_classes=args.num_classes,
+                root=Path(args.images).parent,  # where labelme2voc puts class_names.txt
             )
             pairs = folder_pairs(args.images, args.masks)
         else:
