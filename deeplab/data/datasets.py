@@ -491,7 +491,8 @@ def build_dataset(
     ``folder``: ``root/<split>.txt`` ("image mask" lines) if it exists, else the image
     folder ``images`` and mask folder ``masks`` (relative to ``root``; defaults:
     ``images``/``masks``, or ``JPEGImages``/``SegmentationClass`` as written by
-    ``deeplab labelme2voc``), with a ``<split>`` subfolder when there is one.
+    ``deeplab labelme2voc``), with a ``<split>`` subfolder when there is one; without split
+    subfolders or list files every split is the whole folder.
     """
     root = Path(root)
     info = dataset_info(name, class_names=class_names, num_classes=num_classes, root=root)
