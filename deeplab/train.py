@@ -221,14 +221,17 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> list[int]:
 # --- model, batch norm, optimizer, schedule -----------------------------------------------
 
 
-def configure_batchnorm(model: nn.Module, mode: str, *, images_per_bn: int) -> list[nn.Module]:
-    """Apply the BN mode; return the frozen BN layers (kept in eval mode, no gradients).
-
-    ``auto`` fine-tunes BN only when each BN layer sees >= 12 images per step, else freezes
-    it (the TF release: fine_tune_batch_norm needs a batch >= 12).
-    """
+def resolve_bn_mode(mode: str, *, images_per_bn: int) -> str:
+    """``auto`` -> "finetune" when each BN layer sees >= 12 images per step, else "freeze"
+    (the TF release: fine_tune_batch_norm needs a batch >= 12); other modes unchanged."""
     if mode == "auto":
-        mode = "finetune" if images_per_bn >= 12 else "freeze"
+        return "finetune" if images_per_bn >= 12 else "freeze"
+    return mode
+
+
+def configure_batchnorm(model: nn.Module, mode: str, *, images_per_bn: int) -> list[nn.Module]:
+    """Apply the BN mode; return the frozen BN layers (kept in eval mode, no gradients)."""
+    mode = resolve_bn_mode(mode, images_per_bn=images_per_bn)
     if mode == "finetune":
         return []
     scope = model.backbone if mode == "freeze_backbone" else model
@@ -629,7 +632,8 @@ def fit(
                         "model": unwrap(model).state_dict(), "config": to_dict(cfg),
                         "step": progress.step, "metrics": _jsonable(metrics),
                     })  # fmt: skip
-                bar.write(f"step {progress.step}: val mIoU {100 * metrics['miou']:.2f}%")
+                if proc.is_main:
+                    bar.write(f"step {progress.step}: val mIoU {100 * metrics['miou']:.2f}%")
 
             out_of_time = t.max_minutes is not None and (
                 time.monotonic() - start_time > 60 * t.max_minutes
@@ -766,10 +770,16 @@ def train(
         model = build_model(cfg, num_classes=num_classes)
 
     micro_batch = t.batch_size // (t.accum_steps * proc.world_size)
-    images_per_bn = micro_batch * (proc.world_size if cfg.model.sync_bn else 1)
-    if proc.distributed and cfg.model.sync_bn:
+    # SyncBatchNorm pools the statistics of all processes; torch implements it on CUDA only,
+    # so on CPU each process normalises with its own micro-batch.
+    sync = proc.distributed and cfg.model.sync_bn and proc.device.type == "cuda"
+    images_per_bn = micro_batch * (proc.world_size if sync else 1)
+    bn_mode = resolve_bn_mode(cfg.model.bn, images_per_bn=images_per_bn)
+    if sync and bn_mode != "freeze":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    frozen_bn = configure_batchnorm(model, cfg.model.bn, images_per_bn=images_per_bn)
+    frozen_bn = configure_batchnorm(model, bn_mode, images_per_bn=images_per_bn)
+    if proc.is_main:
+        print(f"batch norm: {bn_mode} ({images_per_bn} images per BN layer per step)", flush=True)
     model.to(proc.device)
     if state is not None:
         unwrap(model).load_state_dict(state["model"])

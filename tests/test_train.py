@@ -6,7 +6,10 @@ This file doubles as a script for the multi-process tests (test_train_processes.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -218,6 +221,20 @@ def test_metrics_log_and_loss_goes_down(tmp_path):
     assert rows[-1]["lr"] < rows[0]["lr"]
 
 
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path):
+    # The signal arrives from a timer thread while the main thread trains.
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        progress = train(tiny_config(tmp_path, "train.iters=1000000"), model=TinyNet(),
+                         train_set=Synthetic(16))  # fmt: skip
+    finally:
+        timer.cancel()
+    assert progress.status == "interrupted" and 0 < progress.step < 1000000
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == progress.step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="missing.pt not found"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -239,12 +256,13 @@ def main(argv: list[str]) -> int:
     out_dir, *overrides = argv
     torch.set_num_threads(1)
     cfg = tiny_config(out_dir, *overrides)
-    resume = cfg.train.out_dir + "/last.pt" if "--resume" in sys.argv else None
+    val_set = Synthetic(8, seed=None) if "--val" in sys.argv else None
+    torch.manual_seed(0)
     progress = train(cfg, model=TinyNet(bn=True, dropout=0.0), train_set=Synthetic(16),
-                     val_set=None, resume=resume)  # fmt: skip
+                     val_set=val_set)  # fmt: skip
     print(f"finished: {progress.status} at step {progress.step}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main([a for a in sys.argv[1:] if a != "--resume"]))
+    sys.exit(main([a for a in sys.argv[1:] if a != "--val"]))
