@@ -164,15 +164,25 @@ def _read_tensor(model, graph, i: int) -> Tensor:
             raise ValueError(f"tensor {t.Name().decode()} has unsupported TFLite type {t.Type()}")
         values = np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape)
         if scale is not None and dtype is not np.float32:
-            # real = (q - zero_point) * scale; per channel along ``axis`` when several scales.
-            bshape = [1] * len(shape)
-            if scale.size > 1:
-                bshape[axis] = scale.size
-            values = (values.astype(np.float64) - zero_point.reshape(bshape)) * scale.reshape(
-                bshape
-            )
+            values = dequantize(values, scale, zero_point, axis=axis)
         data = values.astype(np.float32)
     return Tensor(i, t.Name().decode(), shape, data, scale, zero_point)
+
+
+def dequantize(q: np.ndarray, scale, zero_point, *, axis: int = 0) -> np.ndarray:
+    """real = (q - zero_point) * scale, per tensor (one scale) or per channel along ``axis``."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    zero_point = np.asarray(zero_point, dtype=np.float64).reshape(-1)
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        if q.shape[axis] != scale.size:
+            raise ValueError(f"{scale.size} scales for axis {axis} of size {q.shape[axis]}")
+        shape[axis] = scale.size
+    if zero_point.size == 1:  # some files give one zero point for per-channel scales
+        zero_point = np.full(scale.size, zero_point[0])
+    return ((q.astype(np.float64) - zero_point.reshape(shape)) * scale.reshape(shape)).astype(
+        np.float32
+    )
 
 
 _ACTIVATIONS = {0: "none", 1: "relu", 3: "relu6"}
@@ -298,11 +308,13 @@ def module_names(scope: str) -> tuple[str, str | None]:
     raise KeyError(f"no module for TF scope {scope!r}")
 
 
+# The zoo head: ASPP with image pooling + 1x1 branch only (concatenated in that
+# order, as in the graph), 1x1 projection, then the classifier conv with a bias.
 _HEAD: dict[str, tuple[str, str | None]] = {
-    "image_pooling": ("head.pooling.1.0", "head.pooling.1.1"),
-    "aspp0": ("head.branches.0.0", "head.branches.0.1"),
-    "concat_projection": ("head.project.0", "head.project.1"),
-    "logits/semantic": ("classifier", None),
+    "image_pooling": ("head.aspp.pooling.conv.0", "head.aspp.pooling.conv.1"),
+    "aspp0": ("head.aspp.conv1x1.0", "head.aspp.conv1x1.1"),
+    "concat_projection": ("head.aspp.project.0", "head.aspp.project.1"),
+    "logits/semantic": ("head.classifier", None),
 }
 
 

@@ -187,3 +187,38 @@ def default_entry_for(arch: str) -> ZooEntry:
 
 def _same_backbone(arch_a: str, arch_b: str) -> bool:
     return arch_a.rsplit("_", 1)[-1] == arch_b.rsplit("_", 1)[-1]
+
+
+def zoo_table() -> str:
+    """A text table of the zoo: name, arch, classes, input size, OS, file and where it is."""
+    from deeplab.weights.download import cache_dir, find_local
+
+    header = ("name", "arch", "classes", "input", "OS", "file", "status")
+    rows = []
+    for e in _ENTRIES:
+        local = find_local(e.file_name)
+        if local is None:
+            status = "not downloaded"
+        elif local.parent == cache_dir():
+            status = "cached"
+        else:
+            status = f"local ({local.parent})"
+        rows.append(
+            (
+                e.name + (" *" if e.default else ""),
+                e.arch if e.kind == "segmentation" else f"{e.arch} (backbone)",
+                str(e.num_classes or "-"),
+                "x".join(map(str, e.input_size)) if e.input_size else "-",
+                str(e.output_stride or "-"),
+                e.file_name,
+                status,
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("* default model of `deeplab predict`; set DEEPLAB_WEIGHTS_DIR to use local files")
+    return "\n".join(lines)
