@@ -14,7 +14,14 @@ from deeplab.weights.backbones import (
     load_backbone_weights,
     read_state_dict,
 )
-from deeplab.weights.download import WeightsError, cache_dir, fetch, find_local, weights_dirs
+from deeplab.weights.download import (
+    WeightsError,
+    cache_dir,
+    fetch,
+    find_local,
+    sha256_of,
+    weights_dirs,
+)
 from deeplab.weights.pretrained import create_pretrained, entry_path, load_matching
 from deeplab.weights.zoo import ZooEntry, default_entry, default_entry_for, get_entry, list_entries
 
@@ -35,5 +42,6 @@ __all__ = [
     "load_backbone_weights",
     "load_matching",
     "read_state_dict",
+    "sha256_of",
     "weights_dirs",
 ]
