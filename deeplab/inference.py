@@ -12,7 +12,9 @@ Test-time options follow the DeepLab papers and the TF release's evaluation:
 - the fully connected CRF on the probabilities (DeepLab-v1, sec. 4; v2, sec. 3.3);
 - models imported from Google's TFLite files were made for one input size
   (513 or 257): the image is resized to fit it keeping its aspect ratio,
-  padded with the mean pixel (as the TF demo does) and the logits resized back.
+  padded with the mean pixel (as the TF demo does) and the logits resized back;
+  at test scale s the canvas is that size times s (513 -> 257 at 0.5), as the
+  TF release's multi-scale evaluation scales its 513 crop.
 
 Images may come as paths, PIL images or numpy arrays in any mode Pillow reads.
 """
@@ -69,7 +71,10 @@ def to_rgb(pil: Image.Image) -> np.ndarray:
     maximum is at most 1, else as 0..255; transparent images are composited
     over white.
     """
-    pil = ImageOps.exif_transpose(pil)
+    try:
+        pil = ImageOps.exif_transpose(pil)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # malformed EXIF: keep the stored orientation rather than fail the image
     mode = pil.mode
     if mode.startswith("I;16") or mode == "I":
         values = np.asarray(pil).astype(np.int64)
@@ -146,9 +151,10 @@ def load_image(source: ImageInput) -> np.ndarray:
             return to_rgb(pil)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        # Pillow raises UnidentifiedImageError (an OSError) for non-images and
-        # OSError / SyntaxError for truncated or corrupt files.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # Pillow raises UnidentifiedImageError (an OSError) for non-images,
+        # OSError / SyntaxError for truncated or corrupt files, and
+        # DecompressionBombError above Image.MAX_IMAGE_PIXELS * 2.
         raise ValueError(f"{path}: not a readable image ({err})") from err
 
 
@@ -297,8 +303,7 @@ class Segmenter:
         self.mean = torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1)
         self.std = torch.tensor([float(v) for v in std]).view(1, 3, 1, 1)
         self.input_size = _pair(input_size)
-        # A model made for one size sees tiles of exactly that size.
-        self.crop = _pair(crop) or self.input_size
+        self.crop = _pair(crop)
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap is a fraction of the crop in [0, 1); got {overlap}")
         self.overlap = overlap
@@ -493,9 +498,10 @@ class Segmenter:
         size = x.shape[-2:]
         total = None
         for scale in self.scales:
-            xs = self._resize(x, self._scaled_size(size, scale))
+            canvas = self._canvas(scale)
+            xs = self._resize(x, self._scaled_size(size, scale, canvas))
             views = [xs, xs.flip(-1)] if self.flip else [xs]
-            logits = self._logits(torch.cat(views)).chunk(len(views))
+            logits = self._logits(torch.cat(views), canvas).chunk(len(views))
             for k, out in enumerate(logits):
                 if k == 1:
                     out = out.flip(-1)  # undo the flip before averaging
@@ -504,12 +510,21 @@ class Segmenter:
         assert total is not None
         return total / (len(self.scales) * (2 if self.flip else 1))
 
-    def _scaled_size(self, size: torch.Size, scale: float) -> tuple[int, int]:
+    def _canvas(self, scale: float) -> tuple[int, int] | None:
+        """The fixed input size scaled, kept at k * output_stride + 1 (513 -> 257 at 0.5)."""
+        if self.input_size is None:
+            return None
+        return (
+            round((self.input_size[0] - 1) * scale) + 1,
+            round((self.input_size[1] - 1) * scale) + 1,
+        )
+
+    def _scaled_size(
+        self, size: torch.Size, scale: float, canvas: tuple[int, int] | None
+    ) -> tuple[int, int]:
         h, w = size
-        ratio = scale
-        if self.input_size is not None:
-            # Fit the image inside the model's input size, keeping its aspect ratio.
-            ratio *= min(self.input_size[0] / h, self.input_size[1] / w)
+        # Fit the image inside the canvas keeping its aspect ratio, or plainly scale it.
+        ratio = scale if canvas is None else min(canvas[0] / h, canvas[1] / w)
         return (max(1, round(h * ratio)), max(1, round(w * ratio)))
 
     def _resize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -517,11 +532,11 @@ class Segmenter:
             return x
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, canvas: tuple[int, int] | None) -> torch.Tensor:
         """``Nx3xHxW`` -> ``NxCxHxW`` logits, by overlapping tiles when larger than the crop."""
         n, _, h, w = x.shape
         if self.crop is None or (h <= self.crop[0] and w <= self.crop[1]):
-            return self._forward(x)
+            return self._forward(x, canvas)
         ch, cw = min(self.crop[0], h), min(self.crop[1], w)
         ys = _tile_starts(h, ch, max(1, int(ch * (1 - self.overlap))))
         xs = _tile_starts(w, cw, max(1, int(cw * (1 - self.overlap))))
@@ -532,17 +547,17 @@ class Segmenter:
         for start in range(0, len(boxes), per_pass):
             group = boxes[start : start + per_pass]
             tiles = torch.cat([x[:, :, y : y + ch, x0 : x0 + cw] for y, x0 in group])
-            for (y, x0), out in zip(group, self._forward(tiles).split(n), strict=True):
+            for (y, x0), out in zip(group, self._forward(tiles, None).split(n), strict=True):
                 total[:, :, y : y + ch, x0 : x0 + cw] += out
                 count[:, :, y : y + ch, x0 : x0 + cw] += 1
         return total / count
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One model call; pads to the fixed input size with the mean pixel (0 after
-        normalisation) and crops the logits back."""
+    def _forward(self, x: torch.Tensor, canvas: tuple[int, int] | None) -> torch.Tensor:
+        """One model call; pads bottom/right to ``canvas`` with the mean pixel (0 after
+        normalisation, as the TF release pads) and crops the logits back."""
         h, w = x.shape[-2:]
-        if self.input_size is not None and (h, w) != self.input_size:
-            x = F.pad(x, (0, self.input_size[1] - w, 0, self.input_size[0] - h))
+        if canvas is not None and (h, w) != canvas:
+            x = F.pad(x, (0, max(canvas[1] - w, 0), 0, max(canvas[0] - h, 0)))
         logits = self.model(x)
         if logits.shape[1] != self.num_classes:
             raise ValueError(
