@@ -175,6 +175,12 @@ def test_unreadable_file_is_named(tmp_path):
     bad.write_bytes(b"this is not an image")
     with pytest.raises(ValueError, match="broken.png"):
         load_image(bad)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(_random_image(64, 64)).save(whole)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated.jpg"):
+        load_image(truncated)
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         load_image(tmp_path / "missing.jpg")
 
@@ -291,10 +297,10 @@ def test_fixed_input_size_resizes_pads_and_maps_back():
     # A pointwise model commutes with resizing up to interpolation error.
     whole = _segmenter(Pointwise()).predict(image)
     assert (pred.labels == whole.labels).mean() > 0.95
-    # Scales above 1 exceed the input size: tiles of the input size cover them.
+    # At scale s the canvas is the input size times s, kept at k * 16 + 1.
     model.sizes.clear()
-    _segmenter(model, input_size=33, scales=(1.0, 1.75)).predict(image)
-    assert set(model.sizes) == {(33, 33)} and len(model.sizes) > 2
+    _segmenter(model, input_size=33, scales=(0.5, 1.0, 1.75)).predict(image)
+    assert model.sizes == [(17, 17), (33, 33), (57, 57)]
 
 
 def test_output_stride_override_reaches_the_model():
@@ -403,3 +409,115 @@ def test_parse_scales():
 
     assert _parse_scales("0.5:0.25:1.75") == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     assert _parse_scales("1,1.5") == (1.0, 1.5)
+
+
+def test_crf_option_refines_the_model_probabilities():
+    from deeplab.crf import dense_crf
+
+    image = _smooth_image(24, 32)
+    options = dict(iterations=3, bilateral_srgb=20)
+    plain = _segmenter(SmallFCN()).predict(image, probabilities=True)
+    refined = _segmenter(SmallFCN(), crf=True, crf_options=options).predict(
+        image, probabilities=True
+    )
+    expected = dense_crf(image, plain.probabilities, **options)
+    np.testing.assert_allclose(refined.probabilities, expected, atol=1e-5)
+    np.testing.assert_array_equal(refined.labels, expected.argmax(0))
+    assert np.abs(refined.probabilities - plain.probabilities).max() > 1e-3
+
+
+def _save_tiny_deeplab(tmp_path, num_classes: int):
+    import deeplab
+
+    torch.manual_seed(0)
+    model = deeplab.create_model("deeplabv3_mobilenetv2", num_classes=num_classes, width_mult=0.5)
+    return model.eval()
+
+
+def test_from_weights_reads_the_class_count_from_a_state_dict(tmp_path):
+    model = _save_tiny_deeplab(tmp_path, 11)
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    arch, width = "deeplabv3_mobilenetv2", {"width_mult": 0.5}
+    seg = Segmenter.from_weights(path, model=arch, model_options=width)
+    assert seg.num_classes == 11
+    assert seg.class_names[0] == "sky"  # 11 classes: CamVid's names guessed
+    image = _smooth_image(33, 41)
+    x = seg.normalize(image)
+    with torch.no_grad():
+        np.testing.assert_allclose(seg.probabilities(x), model(x).softmax(1), atol=1e-5)
+    with pytest.raises(ValueError, match="--num-classes 11"):
+        Segmenter.from_weights(path, model=arch, num_classes=21, model_options=width)
+    with pytest.raises(ValueError, match="--model NAME"):
+        Segmenter.from_weights(path)
+
+
+def test_from_checkpoint_rebuilds_model_classes_and_normalisation(tmp_path):
+    import dataclasses
+
+    from deeplab.config import Config, to_dict
+    from deeplab.data.labels import CAMVID_CLASSES, IMAGENET_MEAN
+
+    model = _save_tiny_deeplab(tmp_path, 11)
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(
+            cfg.model, name="deeplabv3_mobilenetv2", num_classes=11, options={"width_mult": 0.5}
+        ),
+        data=dataclasses.replace(cfg.data, dataset="camvid", std=[50.0, 50.0, 50.0]),
+    )
+    path = tmp_path / "best.pt"
+    torch.save({"model": model.state_dict(), "config": to_dict(cfg), "step": 7}, path)
+    seg = Segmenter.from_weights(path)  # a checkpoint needs no --model
+    assert seg.class_names == CAMVID_CLASSES
+    assert seg.mean.flatten().tolist() == pytest.approx(IMAGENET_MEAN)
+    assert seg.std.flatten().tolist() == pytest.approx([50.0] * 3)
+    x = seg.normalize(_smooth_image(33, 33))
+    with torch.no_grad():
+        np.testing.assert_allclose(seg.probabilities(x), model(x).softmax(1), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_default_zoo_model_finds_the_astronaut(tmp_path, weights_dir, monkeypatch, capsys):
+    """The README's first command, offline: the default VOC model on examples/astronaut.jpg."""
+    import os
+    from pathlib import Path
+
+    from deeplab.cli import main
+
+    if not (weights_dir / "deeplabv3_mnv2_pascal_quant.tflite").is_file():
+        pytest.skip(f"{weights_dir} lacks the default VOC model")
+    if not os.environ.get("DEEPLAB_WEIGHTS_DIR"):
+        monkeypatch.setenv("DEEPLAB_WEIGHTS_DIR", str(weights_dir))
+    example = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+    out = tmp_path / "out"
+    assert main(["predict", str(example), "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("astronaut.jpg:"))
+    shares = dict(part.rsplit(" ", 1) for part in line.split(": ", 1)[1].split(", "))
+    assert float(shares["person"].rstrip("%")) > 25.0
+    with Image.open(out / "astronaut.png") as im:
+        labels = np.asarray(im)
+        assert im.size == (512, 512)
+    # The face (rows 60-160, columns 170-280 of the 512x512 photo) is labelled person (15).
+    assert (labels[60:160, 170:280] == 15).mean() > 0.8
+
+
+def test_cli_predict_with_a_state_dict(tmp_path, capsys):
+    from deeplab.cli import main
+
+    model = _save_tiny_deeplab(tmp_path, 11)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    Image.fromarray(_smooth_image(40, 30)).save(tmp_path / "street.png")
+    args = ["predict", str(tmp_path / "street.png"), "--out", str(tmp_path / "o"),
+            "--weights", str(tmp_path / "w.pt"), "--model", "deeplabv3_mobilenetv2",
+            "--model-option", "width_mult=0.5", "--output-stride", "8"]  # fmt: skip
+    assert main(args) == 0
+    with Image.open(tmp_path / "o" / "street.png") as im:
+        assert im.size == (30, 40) and np.asarray(im).max() < 11
+    # CamVid names: the class count (11) says which dataset the weights are for.
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("street.png: ")
+    assert set(n.rsplit(" ", 1)[0] for n in line[12:].split(", ")) <= set(
+        ("sky building pole road pavement tree sign_symbol fence car pedestrian bicyclist").split()
+    )
