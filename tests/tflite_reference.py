@@ -8,6 +8,7 @@ comparison against Google's own runtime can never silently disappear.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -15,19 +16,23 @@ import numpy as np
 import pytest
 
 
-def interpreter_class():
-    """``ai_edge_litert``'s Interpreter, or skip (fail under CI) with the install command."""
+def require(module: str, package: str):
+    """Import ``module`` or skip the test; under CI (``CI=true``) a missing module fails it."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        return importlib.import_module(module)
     except ImportError as e:
         msg = (
-            f"the reference TFLite interpreter is missing ({e}); install it with "
-            "`pip install -e '.[test]'` (package ai-edge-litert) or run `make test`"
+            f"{module} is missing ({e}); install it with `pip install -e '.[test]'` "
+            f"(package {package}) or run `make test`"
         )
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(msg)
-        pytest.skip(msg)
-    return Interpreter
+        pytest.skip(msg, allow_module_level=True)
+
+
+def interpreter_class():
+    """``ai_edge_litert``'s Interpreter, or skip (fail under CI) with the install command."""
+    return require("ai_edge_litert.interpreter", "ai-edge-litert").Interpreter
 
 
 def run_reference(path: Path, image: np.ndarray) -> dict[str, np.ndarray]:
