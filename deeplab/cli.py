@@ -43,23 +43,28 @@ def _add_zoo(p: argparse.ArgumentParser) -> None:
 
 
 def _run_zoo(args: argparse.Namespace) -> int:
-    from deeplab.weights import entry_path, get_entry
+    from deeplab.weights import WeightsError, entry_path, get_entry
     from deeplab.weights.zoo import zoo_table
 
-    if args.fetch:
-        print(entry_path(get_entry(args.fetch)))
-        return 0
-    if args.save:
-        import torch
+    try:
+        if args.fetch:
+            print(entry_path(get_entry(args.fetch)))
+            return 0
+        if args.save:
+            import torch
 
-        from deeplab.models import create_model
+            from deeplab.models import create_model
 
-        name, out = args.save
-        entry = get_entry(name)
-        model = create_model(entry.arch, pretrained=entry.name)
-        torch.save(model.state_dict(), out)
-        print(f"saved {name} ({entry.arch}, {dict(entry.options)}) to {out}")
-        return 0
+            name, out = args.save
+            entry = get_entry(name)
+            model = create_model(entry.arch, pretrained=entry.name)
+            torch.save(model.state_dict(), out)
+            print(f"saved {name} ({entry.arch}, {dict(entry.options)}) to {out}")
+            return 0
+    except (KeyError, WeightsError) as e:
+        # The messages name the file or entry and the fix; a traceback adds nothing.
+        print(f"deeplab zoo: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
     print(zoo_table())
     return 0
 
