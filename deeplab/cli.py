@@ -359,6 +359,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         if not name or not root:
             raise ValueError("say which data: --dataset NAME --data-root DIR, or -c config.yaml")
         options = dict(cfg.data.options) if cfg else {}
+        num_classes = args.num_classes or (cfg.model.num_classes if cfg else None)
+        if name == "folder" and num_classes:  # else class_names.txt says the count
+            options.setdefault("num_classes", num_classes)
         dataset = build_dataset(name, root=root, split=split, **options)
         segmenter = _eval_segmenter(args, cfg, dataset_name=name, num_classes=dataset.num_classes)
         mean = segmenter.mean.flatten().tolist()
