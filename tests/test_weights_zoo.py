@@ -145,3 +145,10 @@ def test_default_model_sees_a_cat_in_chelsea(offline):
     counts[0] = 0  # background
     assert VOC_CLASSES[int(counts.argmax())] == "cat"
     assert counts[VOC_CLASSES.index("cat")] > 0.5 * pred.size
+
+
+def test_zoo_cli_fetch_reports_errors_without_traceback(offline, capsys, weights_dir):
+    assert cli_main(["zoo", "--fetch", "nope"]) == 1
+    assert "no zoo entry 'nope'" in capsys.readouterr().err
+    assert cli_main(["zoo", "--fetch", "deeplabv3_257_mv_gpu"]) == 0
+    assert capsys.readouterr().out.strip() == str(weights_dir / "deeplabv3_257_mv_gpu.tflite")
