@@ -1,0 +1,135 @@
+"""Dense CRF speed: deeplab.crf.dense_crf against pydensecrf on the same inputs.
+
+    pip install -e ".[test]"        # pydensecrf2 is in the test extra
+    python benchmarks/bench_crf.py --camvid ../shared/data/camvid
+
+Inputs are real CamVid val photos (480x360, and resized to 513x513, the VOC
+crop); the probabilities are softened, noisy versions of their label masks
+(softmax of Gaussian noise + 1.5 on the true class) with ``--classes``
+channels, so every run sees the same data. Both implementations get the same
+parameters (Gaussian sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10).
+Prints one row per size and iteration count: median milliseconds per image,
+the ratio pydensecrf / ours (> 1: ours is faster) and the lowest share of
+pixels whose label agrees. "cold" builds both lattices; "size seen before"
+reuses the position-only lattice, which depends on the image size alone (an
+evaluation loop over same-size images pays for it once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deeplab.crf import _position_kernel, dense_crf
+
+
+def noisy_probs(mask: np.ndarray, classes: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.where(mask < classes, mask, 0)
+    logits = rng.normal(0.0, 1.0, (classes, *labels.shape)).astype(np.float32)
+    np.put_along_axis(logits, labels[None], np.take_along_axis(logits, labels[None], 0) + 1.5, 0)
+    p = np.exp(logits - logits.max(0))
+    return (p / p.sum(0)).astype(np.float32)
+
+
+def load_inputs(camvid: Path, count: int, size: tuple[int, int] | None, classes: int):
+    names = sorted((camvid / "val").glob("*.png"))[:count]
+    if not names:
+        raise SystemExit(f"no PNG images in {camvid / 'val'}; pass --camvid <folder with val/>")
+    inputs = []
+    for i, path in enumerate(names):
+        image = Image.open(path).convert("RGB")
+        mask = Image.open(camvid / "valannot" / path.name)
+        if size is not None:
+            image = image.resize(size, Image.BILINEAR)
+            mask = mask.resize(size, Image.NEAREST)
+        inputs.append(
+            (np.asarray(image).copy(), noisy_probs(np.asarray(mask).astype(np.int64), classes, i))
+        )
+    return inputs
+
+
+def run_pydensecrf(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    c, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.array(image, order="C"), compat=10)
+    return np.asarray(crf.inference(iterations)).reshape(c, h, w)
+
+
+def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--camvid", type=Path, default=Path("../shared/data/camvid"))
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=21)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="device for ours (cpu or cuda)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    print(f"torch threads {torch.get_num_threads()}, device {device}, classes {args.classes}")
+    print(
+        "| size | iterations | pydensecrf ms | ours ms (cold) | ratio | "
+        "ours ms (size seen before) | ratio | labels agree |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size in (None, (513, 513)):
+        inputs = load_inputs(args.camvid, args.images, size, args.classes)
+        h, w = inputs[0][1].shape[1:]
+        for iterations in (5, 10):
+            ref_ms, cold_ms, warm_ms, agree = [], [], [], []
+            for image, probs in inputs:
+                ms, ref = timed(partial(run_pydensecrf, image, probs, iterations), args.repeats)
+                ref_ms.append(ms)
+                ours = partial(
+                    run_ours, torch.from_numpy(image).to(device),
+                    torch.from_numpy(probs).to(device), iterations,
+                )
+                ours(cold=False)  # warm-up: first MKL/CUDA calls, caches the position lattice
+                ms, out = timed(partial(ours, cold=False), args.repeats)
+                warm_ms.append(ms)
+                ms, out = timed(partial(ours, cold=True), args.repeats)
+                cold_ms.append(ms)
+                agree.append(float((ref.argmax(0) == out.argmax(0)).mean()))
+            r = statistics.median(ref_ms)
+            c, o = statistics.median(cold_ms), statistics.median(warm_ms)
+            print(
+                f"| {w}x{h} | {iterations} | {r:.0f} | {c:.0f} | {r / c:.2f} | {o:.0f} | "
+                f"{r / o:.2f} | {100 * min(agree):.3f}% |"
+            )
+
+
+def run_ours(image: torch.Tensor, probs: torch.Tensor, iterations: int, *, cold: bool):
+    if cold:  # as for the first image of a size: build the position lattice too
+        _position_kernel.cache_clear()
+    out = dense_crf(image, probs, iterations=iterations)
+    if out.device.type == "cuda":
+        torch.cuda.synchronize()
+    return out.cpu().numpy()
+
+
+if __name__ == "__main__":
+    main()
