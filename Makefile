@@ -5,6 +5,7 @@ PIP := $(PYTHON) -m pip
 .PHONY: install test lint demo bench
 
 install:
+	@command -v c++ >/dev/null || { echo "make install: no C++ compiler; the test extra builds pydensecrf2 from source: apt-get install g++ python3-dev"; exit 1; }
 	$(PIP) install -q -e ".[test]"
 
 test: install
