@@ -37,7 +37,7 @@ class ModelConfig:
     # A zoo entry or a weight file for the whole DeepLab; a different class count keeps all
     # weights but the classifier.
     pretrained: str | None = None
-    # ImageNet weights for the backbone only: a zoo entry (e.g. mobilenetv2_imagenet) or a
+    # ImageNet weights for the backbone only: a zoo entry (e.g. mobilenet_v2_imagenet) or a
     # state_dict file in torchvision's key layout.
     backbone_weights: str | None = None
     # Batch norm: "finetune" (train mode, learn gamma/beta), "freeze" (eval mode, no grad),
@@ -153,6 +153,11 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...)")
         cfg = merge(cfg, data, source=str(path))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with dotted ``key=value`` overrides (values parsed as YAML); validated."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -264,6 +269,11 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
     ):
         if os_ is not None and os_ not in (8, 16, 32):
             raise ConfigError(f"{key}={os_}: output stride must be 8, 16 or 32")
+    if m.pretrained and m.backbone_weights:
+        raise ConfigError(
+            "set model.pretrained (a whole DeepLab) or model.backbone_weights (ImageNet backbone), "
+            "not both"
+        )
     if m.num_classes is not None and m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:

@@ -678,11 +678,16 @@ def build_model(cfg: Config, *, num_classes: int) -> nn.Module:
     options = dict(m.options, num_classes=num_classes, output_stride=m.output_stride)
     if m.align_corners is not None:
         options["align_corners"] = m.align_corners
+    source = m.backbone_weights
+    if source and not Path(source).expanduser().is_file():
+        # A zoo entry of ImageNet weights: create_model fills model.backbone from it.
+        return create_model(m.name, pretrained=source, **options)
     model = create_model(m.name, pretrained=m.pretrained, **options)
-    if m.backbone_weights:
+    if source:
         from deeplab.weights import load_backbone_weights
 
-        load_backbone_weights(model.backbone, m.backbone_weights)
+        report = load_backbone_weights(model.backbone, Path(source).expanduser())
+        print(f"backbone weights from {source}: {str(report).splitlines()[0]}", flush=True)
     return model
 
 
