@@ -29,44 +29,107 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- deeplab zoo -------------------------------------------------------------
+# --- deeplab labelme2voc ----------------------------------------------------
 
 
-def _add_zoo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fetch", metavar="NAME", help="download (or find) and verify an entry's file")
+def _add_labelme2voc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("in_dir", help="folder of labelme *.json files (images beside or embedded)")
+    p.add_argument("out_dir", help="output: JPEGImages/, SegmentationClass/, class_names.txt")
     p.add_argument(
-        "--save",
-        nargs=2,
-        metavar=("NAME", "OUT"),
-        help="convert an entry and save the model as a PyTorch state_dict (.pt)",
+        "--labels",
+        required=True,
+        help="class names, one per line: __ignore__ (-> 255), _background_ (-> 0), ...",
     )
 
 
-def _run_zoo(args: argparse.Namespace) -> int:
-    from deeplab.weights import WeightsError, entry_path, get_entry
-    from deeplab.weights.zoo import zoo_table
+def _run_labelme2voc(args: argparse.Namespace) -> int:
+    from deeplab.data.datasets import DataError
+    from deeplab.data.labelme import labelme2voc
 
     try:
-        if args.fetch:
-            print(entry_path(get_entry(args.fetch)))
-            return 0
-        if args.save:
-            import torch
-
-            from deeplab.models import create_model
-
-            name, out = args.save
-            entry = get_entry(name)
-            model = create_model(entry.arch, pretrained=entry.name)
-            torch.save(model.state_dict(), out)
-            print(f"saved {name} ({entry.arch}, {dict(entry.options)}) to {out}")
-            return 0
-    except (KeyError, WeightsError) as e:
-        # The messages name the file or entry and the fix; a traceback adds nothing.
-        print(f"deeplab zoo: {e.args[0] if e.args else e}", file=sys.stderr)
+        stems = labelme2voc(args.in_dir, args.out_dir, args.labels)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    print(zoo_table())
+    print(f"converted {len(stems)} labelme file(s) into {args.out_dir}")
     return 0
+
+
+# --- deeplab check-data -----------------------------------------------------
+
+
+def _add_check_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        choices=("voc", "cityscapes", "ade20k", "camvid", "folder"),
+        help="dataset kind (with --root and --split); omit to check --images/--masks",
+    )
+    p.add_argument("--root", help="dataset root folder")
+    p.add_argument("--split", default="train", help="split name (default train)")
+    p.add_argument("--images", help="image folder (masks matched by file stem)")
+    p.add_argument("--masks", help="mask folder")
+    p.add_argument("--num-classes", type=int, help="number of classes of folder data")
+    p.add_argument("--class-names", help="file with one class name per line (folder data)")
+    p.add_argument("--convert-rgb", metavar="OUT_DIR", help="write RGB palette masks as index PNGs")
+    p.add_argument("--weights-json", metavar="PATH", help="save class frequencies and weights")
+    p.add_argument("--fast", action="store_true", help="read image headers only, do not decode")
+
+
+def _run_check_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deeplab.data.check import check_pairs, write_weights_json
+    from deeplab.data.datasets import (
+        DataError,
+        build_dataset,
+        dataset_info,
+        folder_pairs,
+        read_class_names,
+    )
+
+    names = read_class_names(args.class_names) if args.class_names else None
+    try:
+        if args.dataset is None:
+            if not (args.images and args.masks):
+                print("error: give a dataset and --root, or --images and --masks", file=sys.stderr)
+                return 2
+            info = dataset_info(
+                "folder",
+                class_names=names,
+                num_classes=args.num_classes,
+                root=Path(args.images).parent,  # where labelme2voc puts class_names.txt
+            )
+            pairs = folder_pairs(args.images, args.masks)
+        else:
+            if not args.root:
+                print(f"error: {args.dataset} needs --root", file=sys.stderr)
+                return 2
+            dataset = build_dataset(
+                args.dataset,
+                root=args.root,
+                split=args.split,
+                images=args.images,
+                masks=args.masks,
+                class_names=names,
+                num_classes=args.num_classes,
+            )
+            info, pairs = dataset.info, dataset.pairs
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    report = check_pairs(
+        pairs, info, verify_images=not args.fast, convert_dir=args.convert_rgb, progress=True
+    )
+    print(report.format())
+    if report.rgb_masks:
+        print(f"{len(report.rgb_masks)} RGB colour mask(s) found", end="")
+        print(f"; {len(report.converted)} converted into {args.convert_rgb}" if report.converted
+              else "; convert them with --convert-rgb OUT_DIR")  # fmt: skip
+    if args.weights_json:
+        write_weights_json(report, args.weights_json)
+        print(f"class weights written to {args.weights_json}")
+    return 0 if report.ok else 1
 
 
 # --- shared by predict and eval ---------------------------------------------
@@ -210,107 +273,44 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- deeplab labelme2voc ----------------------------------------------------
+# --- deeplab zoo -------------------------------------------------------------
 
 
-def _add_labelme2voc(p: argparse.ArgumentParser) -> None:
-    p.add_argument("in_dir", help="folder of labelme *.json files (images beside or embedded)")
-    p.add_argument("out_dir", help="output: JPEGImages/, SegmentationClass/, class_names.txt")
+def _add_zoo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fetch", metavar="NAME", help="download (or find) and verify an entry's file")
     p.add_argument(
-        "--labels",
-        required=True,
-        help="class names, one per line: __ignore__ (-> 255), _background_ (-> 0), ...",
+        "--save",
+        nargs=2,
+        metavar=("NAME", "OUT"),
+        help="convert an entry and save the model as a PyTorch state_dict (.pt)",
     )
 
 
-def _run_labelme2voc(args: argparse.Namespace) -> int:
-    from deeplab.data.datasets import DataError
-    from deeplab.data.labelme import labelme2voc
+def _run_zoo(args: argparse.Namespace) -> int:
+    from deeplab.weights import WeightsError, entry_path, get_entry
+    from deeplab.weights.zoo import zoo_table
 
     try:
-        stems = labelme2voc(args.in_dir, args.out_dir, args.labels)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.fetch:
+            print(entry_path(get_entry(args.fetch)))
+            return 0
+        if args.save:
+            import torch
+
+            from deeplab.models import create_model
+
+            name, out = args.save
+            entry = get_entry(name)
+            model = create_model(entry.arch, pretrained=entry.name)
+            torch.save(model.state_dict(), out)
+            print(f"saved {name} ({entry.arch}, {dict(entry.options)}) to {out}")
+            return 0
+    except (KeyError, WeightsError) as e:
+        # The messages name the file or entry and the fix; a traceback adds nothing.
+        print(f"deeplab zoo: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
-    print(f"converted {len(stems)} labelme file(s) into {args.out_dir}")
+    print(zoo_table())
     return 0
-
-
-# --- deeplab check-data -----------------------------------------------------
-
-
-def _add_check_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "dataset",
-        nargs="?",
-        choices=("voc", "cityscapes", "ade20k", "camvid", "folder"),
-        help="dataset kind (with --root and --split); omit to check --images/--masks",
-    )
-    p.add_argument("--root", help="dataset root folder")
-    p.add_argument("--split", default="train", help="split name (default train)")
-    p.add_argument("--images", help="image folder (masks matched by file stem)")
-    p.add_argument("--masks", help="mask folder")
-    p.add_argument("--num-classes", type=int, help="number of classes of folder data")
-    p.add_argument("--class-names", help="file with one class name per line (folder data)")
-    p.add_argument("--convert-rgb", metavar="OUT_DIR", help="write RGB palette masks as index PNGs")
-    p.add_argument("--weights-json", metavar="PATH", help="save class frequencies and weights")
-    p.add_argument("--fast", action="store_true", help="read image headers only, do not decode")
-
-
-def _run_check_data(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from deeplab.data.check import check_pairs, write_weights_json
-    from deeplab.data.datasets import (
-        DataError,
-        build_dataset,
-        dataset_info,
-        folder_pairs,
-        read_class_names,
-    )
-
-    names = read_class_names(args.class_names) if args.class_names else None
-    try:
-        if args.dataset is None:
-            if not (args.images and args.masks):
-                print("error: give a dataset and --root, or --images and --masks", file=sys.stderr)
-                return 2
-            info = dataset_info(
-                "folder",
-                class_names=names,
-                num_classes=args.num_classes,
-                root=Path(args.images).parent,  # where labelme2voc puts class_names.txt
-            )
-            pairs = folder_pairs(args.images, args.masks)
-        else:
-            if not args.root:
-                print(f"error: {args.dataset} needs --root", file=sys.stderr)
-                return 2
-            dataset = build_dataset(
-                args.dataset,
-                root=args.root,
-                split=args.split,
-                images=args.images,
-                masks=args.masks,
-                class_names=names,
-                num_classes=args.num_classes,
-            )
-            info, pairs = dataset.info, dataset.pairs
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    report = check_pairs(
-        pairs, info, verify_images=not args.fast, convert_dir=args.convert_rgb, progress=True
-    )
-    print(report.format())
-    if report.rgb_masks:
-        print(f"{len(report.rgb_masks)} RGB colour mask(s) found", end="")
-        print(f"; {len(report.converted)} converted into {args.convert_rgb}" if report.converted
-              else "; convert them with --convert-rgb OUT_DIR")  # fmt: skip
-    if args.weights_json:
-        write_weights_json(report, args.weights_json)
-        print(f"class weights written to {args.weights_json}")
-    return 0 if report.ok else 1
 
 
 # --- deeplab eval -------------------------------------------------------------
@@ -425,19 +425,68 @@ def _eval_segmenter(args: argparse.Namespace, cfg, *, dataset_name: str, num_cla
     raise ValueError("say what to evaluate: --weights FILE, --pretrained NAME or -c config.yaml")
 
 
+# --- deeplab train ------------------------------------------------------------
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml); defaults if omitted")
+    p.add_argument(
+        "--resume", nargs="?", const="", metavar="PATH",
+        help="continue exactly from a checkpoint (default: OUT_DIR/last.pt); without -c the "
+        "checkpoint's own config is used, overrides still apply",
+    )  # fmt: skip
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. optim.lr=0.01 data.root=/data/camvid")  # fmt: skip
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from deeplab.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
+    from deeplab.train import CheckpointError, load_checkpoint, train
+    from deeplab.weights import WeightsError
+
+    try:
+        resume = Path(args.resume) if args.resume else None
+        if resume is not None and args.config is None:
+            cfg = apply_overrides(from_dict(load_checkpoint(resume)["config"]), args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
+        if args.resume == "":
+            resume = Path(cfg.train.out_dir) / "last.pt"
+        if args.print_config:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+            return 0
+        progress = train(cfg, resume=resume)
+    except (ConfigError, CheckpointError, WeightsError) as e:
+        print(f"deeplab train: {e}", file=sys.stderr)
+        return 2
+    print(f"{progress.status} at step {progress.step}; checkpoint {cfg.train.out_dir}/last.pt"
+          + (f"; best val mIoU {100 * progress.best_miou:.2f}%" if progress.best_miou >= 0 else ""))
+    if progress.status == "interrupted":
+        print("continue with: deeplab train --resume " + f"{cfg.train.out_dir}/last.pt")
+        return 130
+    return 0
+
+
 # --- new commands go above this line ----------------------------------------
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
 
 COMMANDS: list[Command] = [
     ("models", "list models with parameters and multiply-adds", _add_models, _run_models),
-    ("zoo", "list pretrained weights; fetch or convert one", _add_zoo, _run_zoo),
     ("predict", "segment images: label PNGs, colour maps, overlays", _add_predict, _run_predict),
+    ("eval", "mean IoU on a dataset split (multi-scale, flip, CRF, trimap)", _add_eval, _run_eval),
     ("labelme2voc", "convert labelme JSON files to VOC-style index masks",
      _add_labelme2voc, _run_labelme2voc),
     ("check-data", "check a dataset's files and print class frequencies and weights",
      _add_check_data, _run_check_data),
-    ("eval", "mean IoU on a dataset split (multi-scale, flip, CRF, trimap)", _add_eval, _run_eval),
+    ("zoo", "list pretrained weights; fetch or convert one", _add_zoo, _run_zoo),
+    ("train", "train a model from a YAML recipe with key=value overrides",
+     _add_train, _run_train),
 ]  # fmt: skip
 
 
