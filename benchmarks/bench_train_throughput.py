@@ -67,7 +67,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--amp", nargs="+", default=["none"], choices=("none", "bf16"))
-    p.add_argument("--bn", nargs="+", default=["finetune"], choices=("finetune", "freeze", "freeze_backbone"))
+    p.add_argument(
+        "--bn", nargs="+", default=["finetune"], choices=("finetune", "freeze", "freeze_backbone")
+    )
     p.add_argument("--output-stride", type=int, default=16)
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--threads", type=int, default=None)
@@ -81,7 +83,7 @@ def main() -> None:
         f"crop {crop[0]}x{crop[1]}, batch {args.batch}, OS {args.output_stride}, "
         f"{args.steps} timed steps, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    print(f"{'model':28s} {'amp':5s} {'bn':9s} {'img/s':>7s} {'vs first':>8s}")
+    print(f"{'model':28s} {'amp':5s} {'bn':15s} {'img/s':>7s} {'vs first':>8s}")
     base = None
     for name in args.models:
         for amp in args.amp:
@@ -91,7 +93,7 @@ def main() -> None:
                     output_stride=args.output_stride, num_classes=args.num_classes,
                 )  # fmt: skip
                 base = base or ips
-                print(f"{name:28s} {amp:5s} {bn:9s} {ips:7.2f} {ips / base:8.2f}", flush=True)
+                print(f"{name:28s} {amp:5s} {bn:15s} {ips:7.2f} {ips / base:8.2f}", flush=True)
 
 
 if __name__ == "__main__":
