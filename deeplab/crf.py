@@ -359,8 +359,9 @@ def dense_crf(
     # Pixel-major [N, C] so that each lattice vertex holds a contiguous vector.
     unary = unary_from_probs(probs).reshape(c, -1).t().contiguous()
     xy = _pixel_features(h, w, dev)
-    # Each kernel: its lattice, its symmetric normalisation D^-1/2 (K D^-1/2 with
-    # D = K 1, ICML 2013, the released code's default) and its Potts weight.
+    # Each kernel: its lattice, its normaliser D^-1/2 with D = K 1 (the kernel
+    # used is D^-1/2 K D^-1/2, ICML 2013, the released code's default) and its
+    # Potts weight.
     kernels = []
     if gaussian_compat != 0:
         # Smoothness kernel: position only (NIPS 2011, eq. 3, second term). It
@@ -372,22 +373,22 @@ def dense_crf(
         rgb = image.reshape(-1, 3).float()
         lattice = PermutohedralLattice(torch.cat([xy / bilateral_sxy, rgb / bilateral_srgb], 1))
         kernels.append((lattice, _normaliser(lattice), float(bilateral_compat)))
-    # Normalisation and weights folded into one filter for both kernels.
-    message = _StackedFilter(
-        [lat for lat, _, _ in kernels],
-        pre=[norm for _, norm, _ in kernels],
-        post=[weight * norm for _, norm, weight in kernels],
-    )
-
-    # Mean field (NIPS 2011, algorithm 1). With Potts compatibility the message
-    # for label l is -w * sum_j k(i,j) Q_j(l) up to a per-pixel constant, which the
-    # softmax normalisation removes; the pixel itself is included in the sum, as
-    # in the released code.
+    # Mean field (NIPS 2011, algorithm 1). With Potts compatibility the pairwise
+    # energy of label l is -w * sum_j k(i,j) Q_j(l) up to a per-pixel constant,
+    # which the softmax removes; the pixel itself is included in the sum, as in
+    # the released code.
     q = torch.softmax(-unary, dim=1)
-    for _ in range(int(iterations) if kernels else 0):
-        logits = message(q)
-        logits -= unary
-        q = torch.softmax(logits, dim=1)
+    if kernels and iterations > 0:
+        # Normalisation and weights folded into one filter for both kernels.
+        message = _StackedFilter(
+            [lat for lat, _, _ in kernels],
+            pre=[norm for _, norm, _ in kernels],
+            post=[weight * norm for _, norm, weight in kernels],
+        )
+        for _ in range(int(iterations)):
+            logits = message(q)
+            logits -= unary
+            q = torch.softmax(logits, dim=1)
 
     out = q.t().reshape(c, h, w).contiguous()
     return out.cpu().numpy() if as_numpy else out

@@ -102,8 +102,10 @@ def test_zero_iterations_returns_the_clipped_input():
     rng = np.random.default_rng(1)
     probs = rng.random((3, 8, 9), dtype=np.float32)
     probs /= probs.sum(0)
-    out = dense_crf(np.zeros((8, 9, 3), np.uint8), probs, iterations=0)
-    np.testing.assert_allclose(out, probs, atol=1e-5)
+    image = np.zeros((8, 9, 3), np.uint8)
+    np.testing.assert_allclose(dense_crf(image, probs, iterations=0), probs, atol=1e-5)
+    no_pairwise = dense_crf(image, probs, gaussian_compat=0, bilateral_compat=0)
+    np.testing.assert_allclose(no_pairwise, probs, atol=1e-5)
 
 
 def test_inputs_are_checked_with_actionable_errors():
