@@ -364,6 +364,11 @@ def _run_eval(args: argparse.Namespace) -> int:
             options.setdefault("num_classes", num_classes)
         dataset = build_dataset(name, root=root, split=split, **options)
         segmenter = _eval_segmenter(args, cfg, dataset_name=name, num_classes=dataset.num_classes)
+        if segmenter.num_classes != dataset.num_classes:
+            raise ValueError(
+                f"the model predicts {segmenter.num_classes} classes but {name} has "
+                f"{dataset.num_classes}; evaluate a model trained on {name}"
+            )
         mean = segmenter.mean.flatten().tolist()
         std = segmenter.std.flatten().tolist()
         # k * output_stride + 1 padding keeps corners aligned; fixed-size models resize instead.
