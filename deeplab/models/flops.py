@@ -6,7 +6,7 @@ one forward pass, i.e. for each output element ``in_channels / groups * kh * kw`
 per output element. Not counted: bias additions, batch norm, activations,
 pooling, bilinear resizes, residual sums, concatenations. This is the convention
 of the MobileNet papers and of the DeepLab model zoo's "multiply-adds" column,
-which these counts reproduce within 1% (see ``tests/test_flops.py``).
+which these counts reproduce within 1.5% (see ``tests/test_flops.py``).
 
 Counting runs on ``torch.device("meta")`` tensors: only shapes are computed, so
 a 1025x2049 Xception-65 costs nothing to count.
