@@ -68,13 +68,16 @@ def run_pydensecrf(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.
     return np.asarray(crf.inference(iterations)).reshape(c, h, w)
 
 
-def timed(fn, repeats: int) -> tuple[float, np.ndarray]:
-    times, out = [], None
+def timed(fns: dict, repeats: int, clock) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Median ms of each function; the functions take turns so they share the machine's load."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    outs = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000, out
+        for name, fn in fns.items():
+            start = clock()
+            outs[name] = fn()
+            times[name].append(clock() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}, outs
 
 
 def main() -> None:
@@ -85,12 +88,21 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu", help="device for ours (cpu or cuda)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="cpu: this process's CPU time, steadier than wall time on a busy machine "
+        "(comparable only with --threads 1)",
+    )
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    print(f"torch threads {torch.get_num_threads()}, device {device}, classes {args.classes}")
+    print(
+        f"torch threads {torch.get_num_threads()}, device {device}, classes {args.classes}, "
+        f"{args.clock} clock, median of {args.repeats} runs x {args.images} images"
+    )
     print(
         "| size | iterations | pydensecrf ms | ours ms (cold) | ratio | "
         "ours ms (size seen before) | ratio | labels agree |"
@@ -102,18 +114,24 @@ def main() -> None:
         for iterations in (5, 10):
             ref_ms, cold_ms, warm_ms, agree = [], [], [], []
             for image, probs in inputs:
-                ms, ref = timed(partial(run_pydensecrf, image, probs, iterations), args.repeats)
-                ref_ms.append(ms)
                 ours = partial(
                     run_ours, torch.from_numpy(image).to(device),
                     torch.from_numpy(probs).to(device), iterations,
                 )
                 ours(cold=False)  # warm-up: first MKL/CUDA calls, caches the position lattice
-                ms, out = timed(partial(ours, cold=False), args.repeats)
-                warm_ms.append(ms)
-                ms, out = timed(partial(ours, cold=True), args.repeats)
-                cold_ms.append(ms)
-                agree.append(float((ref.argmax(0) == out.argmax(0)).mean()))
+                ms, outs = timed(
+                    {
+                        "ref": partial(run_pydensecrf, image, probs, iterations),
+                        "cold": partial(ours, cold=True),
+                        "warm": partial(ours, cold=False),
+                    },
+                    args.repeats,
+                    clock,
+                )
+                ref_ms.append(ms["ref"])
+                cold_ms.append(ms["cold"])
+                warm_ms.append(ms["warm"])
+                agree.append(float((outs["ref"].argmax(0) == outs["cold"].argmax(0)).mean()))
             r = statistics.median(ref_ms)
             c, o = statistics.median(cold_ms), statistics.median(warm_ms)
             print(
