@@ -1,8 +1,8 @@
 """Training throughput (images/s) of the main DeepLab variants at a fixed crop.
 
-Each variant runs a few SGD steps (forward, loss, backward, update) on random data;
-the first step is a warm-up and is not timed. Prints a table; ratios against the first
-row are steadier than absolute figures on a shared machine.
+Each variant runs SGD steps (forward, loss, backward, update) on random data after one
+untimed warm-up step; rounds interleave the variants and the median is reported. Ratios
+against the first row are steadier than absolute figures on a shared machine.
 
     python benchmarks/bench_train_throughput.py                       # main variants
     python benchmarks/bench_train_throughput.py --crop 321 --batch 8 --amp none bf16 \
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
@@ -30,34 +31,40 @@ MAIN_VARIANTS = (
 )
 
 
-def images_per_second(
-    name: str, *, crop: tuple[int, int], batch: int, steps: int, amp: str, bn: str,
-    output_stride: int, num_classes: int,
-) -> float:  # fmt: skip
-    """Mean training images/s over ``steps`` timed steps after one warm-up step."""
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=num_classes, output_stride=output_stride)
-    frozen = configure_batchnorm(model, bn, images_per_bn=batch)
-    set_train_mode(model, frozen)
-    optimizer = build_optimizer(model, lr=1e-3, momentum=0.9, weight_decay=4e-5)
-    loss_fn = SegmentationLoss(num_classes=num_classes)
-    x = torch.randn(batch, 3, *crop)
-    y = torch.randint(0, num_classes, (batch, *crop))
-    autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if amp == "bf16"
-        else contextlib.nullcontext
-    )
-    times = []
-    for _ in range(steps + 1):
+class Variant:
+    """One model + optimizer + random batch, ready to time training steps."""
+
+    def __init__(
+        self, name: str, *, crop: tuple[int, int], batch: int, amp: str, bn: str,
+        output_stride: int, num_classes: int,
+    ) -> None:  # fmt: skip
+        torch.manual_seed(0)
+        self.label = (name, amp, bn)
+        self.model = create_model(name, num_classes=num_classes, output_stride=output_stride)
+        set_train_mode(self.model, configure_batchnorm(self.model, bn, images_per_bn=batch))
+        self.optimizer = build_optimizer(self.model, lr=1e-3, momentum=0.9, weight_decay=4e-5)
+        self.loss_fn = SegmentationLoss(num_classes=num_classes)
+        self.x = torch.randn(batch, 3, *crop)
+        self.y = torch.randint(0, num_classes, (batch, *crop))
+        self.autocast = (
+            (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+            if amp == "bf16"
+            else contextlib.nullcontext
+        )
+        self.step()  # warm-up: allocator and kernel selection, not timed
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.model(self.x)
+        self.loss_fn(logits, self.y).backward()
+        self.optimizer.step()
+
+    def images_per_second(self, steps: int) -> float:
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            logits = model(x)
-        loss_fn(logits, y).backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    return batch * steps / sum(times[1:])
+        for _ in range(steps):
+            self.step()
+        return self.x.shape[0] * steps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -65,7 +72,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MAIN_VARIANTS))
     p.add_argument("--crop", default="321", help="H or HxW (default 321)")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
     p.add_argument("--amp", nargs="+", default=["none"], choices=("none", "bf16"))
     p.add_argument(
         "--bn", nargs="+", default=["finetune"], choices=("finetune", "freeze", "freeze_backbone")
@@ -81,19 +89,25 @@ def main() -> None:
 
     print(
         f"crop {crop[0]}x{crop[1]}, batch {args.batch}, OS {args.output_stride}, "
-        f"{args.steps} timed steps, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{args.rounds} rounds of {args.steps} steps, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
     )
-    print(f"{'model':28s} {'amp':5s} {'bn':15s} {'img/s':>7s} {'vs first':>8s}")
-    base = None
-    for name in args.models:
-        for amp in args.amp:
-            for bn in args.bn:
-                ips = images_per_second(
-                    name, crop=crop, batch=args.batch, steps=args.steps, amp=amp, bn=bn,
-                    output_stride=args.output_stride, num_classes=args.num_classes,
-                )  # fmt: skip
-                base = base or ips
-                print(f"{name:28s} {amp:5s} {bn:15s} {ips:7.2f} {ips / base:8.2f}", flush=True)
+    variants = [
+        Variant(name, crop=crop, batch=args.batch, amp=amp, bn=bn,
+                output_stride=args.output_stride, num_classes=args.num_classes)
+        for name in args.models for amp in args.amp for bn in args.bn
+    ]  # fmt: skip
+    # Rounds interleave the variants so that load from other processes hits them alike.
+    rates: list[list[float]] = [[] for _ in variants]
+    for _ in range(args.rounds):
+        for v, r in zip(variants, rates, strict=True):
+            r.append(v.images_per_second(args.steps))
+    print(f"{'model':28s} {'amp':5s} {'bn':15s} {'img/s':>7s} {'vs first':>8s}  (median of rounds)")
+    base = statistics.median(rates[0])
+    for v, r in zip(variants, rates, strict=True):
+        ips = statistics.median(r)
+        name, amp, bn = v.label
+        print(f"{name:28s} {amp:5s} {bn:15s} {ips:7.2f} {ips / base:8.2f}")
 
 
 if __name__ == "__main__":
