@@ -532,6 +532,33 @@ class Progress:
     status: str = "running"  # running | done | interrupted | time limit | stopped
 
 
+def validate_and_keep_best(
+    model: nn.Module,
+    val_loader: DataLoader,
+    *,
+    cfg: Config,
+    proc: Process,
+    num_classes: int,
+    progress: Progress,
+    log: MetricsLog,
+    elapsed_s: float,
+) -> float:
+    """Validate, log the metrics, write ``best.pt`` when the mIoU improves; return the mIoU."""
+    autocast, os_ = autocast_for(cfg.train.amp, proc.device), cfg.eval.output_stride
+    metrics = _jsonable(evaluate(model, val_loader, num_classes=num_classes, proc=proc,
+                                 output_stride=os_, autocast=autocast))  # fmt: skip
+    log.write({"step": progress.step, "elapsed_s": elapsed_s,
+               **{f"val_{k}": v for k, v in metrics.items()}})  # fmt: skip
+    if metrics["miou"] > progress.best_miou:  # NaN (nothing labelled) never counts as better
+        progress.best_miou = float(metrics["miou"])
+        if proc.is_main:
+            save_checkpoint(Path(cfg.train.out_dir) / "best.pt", {
+                "model": unwrap(model).state_dict(), "config": to_dict(cfg),
+                "step": progress.step, "metrics": metrics,
+            })  # fmt: skip
+    return metrics["miou"]
+
+
 def fit(
     model: nn.Module,
     batches: BatchStream,
@@ -555,12 +582,8 @@ def fit(
     autocast = autocast_for(t.amp, proc.device)
     stop_at = min(t.iters, t.stop_at) if t.stop_at else t.iters
     start_time = time.monotonic()
-    bar = tqdm(
-        total=t.iters,
-        initial=progress.step,
-        disable=not (proc.is_main and t.progress),
-        dynamic_ncols=True,
-    )
+    show = proc.is_main and t.progress
+    bar = tqdm(total=t.iters, initial=progress.step, disable=not show, dynamic_ncols=True)
     set_train_mode(model, frozen_bn)
 
     def checkpoint() -> None:
@@ -574,71 +597,35 @@ def fit(
                 "world_size": proc.world_size,
             })  # fmt: skip
 
+    # fmt: off
     with StopRequest() as stop:
         window_start, window_images = time.perf_counter(), 0
         while progress.step < stop_at:
-            loss = train_step(
-                model,
-                batches,
-                loss_fn,
-                optimizer,
-                scaler,
-                step=progress.step,
-                accum_steps=t.accum_steps,
-                autocast=autocast,
-                device=proc.device,
-            )
+            loss = train_step(model, batches, loss_fn, optimizer, scaler, step=progress.step,
+                              accum_steps=t.accum_steps, autocast=autocast, device=proc.device)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             progress.step += 1
             window_images += t.batch_size
             if progress.step % t.log_every == 0 or progress.step == stop_at:
                 img_s = window_images / max(time.perf_counter() - window_start, 1e-9)
-                log.write(
-                    {
-                        "step": progress.step,
-                        "epoch": batches.epoch,
-                        "loss": loss,
-                        "lr": lr,
-                        "img_s": img_s,
-                        "elapsed_s": time.monotonic() - start_time,
-                    }
-                )
+                log.write({"step": progress.step, "epoch": batches.epoch, "loss": loss, "lr": lr,
+                           "img_s": img_s, "elapsed_s": time.monotonic() - start_time})
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
                 window_start, window_images = time.perf_counter(), 0
             bar.update(1)
 
             due_val = t.val_every and progress.step % t.val_every == 0
             if val_loader is not None and (due_val or progress.step == t.iters):
-                metrics = evaluate(
-                    model,
-                    val_loader,
-                    num_classes=num_classes,
-                    proc=proc,
-                    output_stride=cfg.eval.output_stride,
-                    autocast=autocast,
-                )
+                miou = validate_and_keep_best(model, val_loader, cfg=cfg, proc=proc,
+                                              num_classes=num_classes, progress=progress, log=log,
+                                              elapsed_s=time.monotonic() - start_time)
                 set_train_mode(model, frozen_bn)
-                log.write(
-                    {
-                        "step": progress.step,
-                        "elapsed_s": time.monotonic() - start_time,
-                        **{f"val_{k}": v for k, v in _jsonable(metrics).items()},
-                    }
-                )
-                if proc.is_main and metrics["miou"] > progress.best_miou:
-                    progress.best_miou = float(metrics["miou"])
-                    save_checkpoint(out / "best.pt", {
-                        "model": unwrap(model).state_dict(), "config": to_dict(cfg),
-                        "step": progress.step, "metrics": _jsonable(metrics),
-                    })  # fmt: skip
                 if proc.is_main:
-                    bar.write(f"step {progress.step}: val mIoU {100 * metrics['miou']:.2f}%")
+                    bar.write(f"step {progress.step}: val mIoU {100 * miou:.2f}%")
 
-            out_of_time = t.max_minutes is not None and (
-                time.monotonic() - start_time > 60 * t.max_minutes
-            )
-            if any_process(stop.signum is not None or out_of_time, proc):
+            out_of_time = t.max_minutes and time.monotonic() - start_time > 60 * t.max_minutes
+            if any_process(stop.signum is not None or bool(out_of_time), proc):
                 progress.status = "interrupted" if stop.signum is not None else "time limit"
                 break
             if progress.step % t.ckpt_every == 0 and progress.step < stop_at:
@@ -646,6 +633,7 @@ def fit(
         else:
             progress.status = "done" if progress.step >= t.iters else "stopped"
         checkpoint()
+    # fmt: on
     bar.close()
     return progress
 
