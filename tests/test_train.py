@@ -251,6 +251,20 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(truncated)
 
 
+def test_tensorboard_without_the_package_says_how_to_install(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed; the missing-package message cannot be seen")
+    except ImportError:
+        pass
+    from deeplab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        train(tiny_config(tmp_path, "train.tensorboard=true"), model=TinyNet(),
+              train_set=Synthetic(16))  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     """``python tests/test_train.py OUT_DIR key=value ...``: train TinyNet on Synthetic."""
     out_dir, *overrides = argv

@@ -54,7 +54,7 @@ def test_train_real_model_on_folder_data_then_resume(folder_data, tmp_path, caps
         "model.num_classes=3", "model.backbone_weights=null", "data.crop_size=33",
         "train.batch_size=2", "train.iters=3", "train.stop_at=2", "train.val_every=2",
         "train.progress=false", "data.num_workers=0", "model.options={width_mult: 0.5}",
-        "train.log_every=1",
+        "train.log_every=1", "loss.class_weights=[1, 2, 3]", "loss.top_k_percent_pixels=0.5",
     ]  # fmt: skip
     assert main(args) == 0
     state = load_checkpoint(out / "last.pt")
