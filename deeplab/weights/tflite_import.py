@@ -1,7 +1,7 @@
 """Import Google's DeepLab-v3 MobileNetV2 TFLite models into ``deeplabv3_mobilenetv2``.
 
-The flatbuffer is read with the pure-Python ``tflite`` package (``pip install
-deeplab[tflite]``). Each CONV_2D / DEPTHWISE_CONV_2D op carries its weights and
+The flatbuffer is read with the pure-Python ``tflite`` package (a dependency of
+``deeplab``; no TensorFlow needed). Each CONV_2D / DEPTHWISE_CONV_2D op carries its weights and
 bias as constant tensors named after the TF-Slim scope that made them
 (``MobilenetV2/expanded_conv_3/depthwise``, ``aspp0``, ``logits/semantic``),
 so the import maps scopes to our module names, not op positions.
@@ -96,7 +96,7 @@ def _require_tflite():
     except ImportError as e:
         raise ImportError(
             "reading .tflite files needs the `tflite` and `flatbuffers` packages: "
-            "pip install 'deeplab[tflite]'"
+            "pip install tflite flatbuffers"
         ) from e
     return tflite
 
