@@ -111,6 +111,19 @@ def test_eval_shapes_and_output_stride_switch(name):
 
 
 @pytest.mark.parametrize("name", list_models())
+def test_fresh_model_starts_near_uniform_class_scores(name):
+    # Class-score layers start at std 0.01 (TF's logits initialiser): the first loss is
+    # close to ln(num_classes) (He-initialised scores gave 1.6x to 47x it). v2 ResNet-101
+    # sits highest (~1.4x): its four 3x3 classifiers read the unnormalised 2048-channel
+    # block4 output directly and their scores are summed.
+    model = _model(name).train()
+    x, target = torch.randn(2, 3, *EVEN), torch.randint(0, NUM_CLASSES, (2, *EVEN))
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(x), target)
+    assert loss.item() < 1.5 * math.log(NUM_CLASSES), loss.item()
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_align_corners_false_changes_only_the_resizes(name):
     aligned = _model(name).eval()
     model = create_model(name, num_classes=NUM_CLASSES, align_corners=False).eval()

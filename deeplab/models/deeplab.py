@@ -139,7 +139,25 @@ def _deeplab(
         scales=V2_SCALES if multi_scale else (1.0,),
     )
     init_weights(model)
+    _init_class_scores(model)
     return model
+
+
+# Names of the layers that output class scores: v3 head / v3+ decoder ``classifier``,
+# v2 VGG branches' ``fc8``, v2 ResNet branches' single ``fc``.
+_SCORE_LAYERS = ("classifier", "fc8", "fc")
+
+
+def _init_class_scores(model: DeepLab) -> None:
+    """Start class-score layers small: normal, std 0.01, zero bias (the TF release's
+    logits initialiser). With He init the first scores are large and random and the
+    first loss is 3x ln(num_classes); small scores start it near ln(num_classes)."""
+    for part in (model.head, model.decoder):
+        for name, m in (part.named_modules() if part is not None else ()):
+            if isinstance(m, nn.Conv2d) and name.rsplit(".", 1)[-1] in _SCORE_LAYERS:
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
 
 # --- DeepLab-v1 and v2 --------------------------------------------------------------
