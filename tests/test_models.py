@@ -132,7 +132,8 @@ def test_align_corners_false_changes_only_the_resizes(name):
     with torch.no_grad():
         out, ref = model(x), aligned(x)
     assert out.shape == ref.shape == (1, NUM_CLASSES, *EVEN)
-    assert not torch.allclose(out, ref)
+    # Relative comparison: freshly initialised class scores are tiny (std 0.01 weights).
+    assert not torch.allclose(out, ref, rtol=1e-3, atol=0)
 
 
 def test_v2_multi_scale_fuses_scales_by_max():
