@@ -162,6 +162,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=int, help="sliding-window size (default 513; implies tiling)")
     p.add_argument("--overlap", type=float, default=1 / 3, help="window overlap fraction")
     p.add_argument("--crf", action="store_true", help="refine with the dense CRF")
+    p.add_argument("--crf-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dense CRF parameter, e.g. bilateral_srgb=5 (repeatable; implies --crf)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:1 (default cpu)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="images, flips or windows per forward pass")
@@ -172,22 +174,38 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="builder option for a bare state_dict, e.g. width_mult=0.5 (repeatable)")
 
 
-def _model_options(items: list[str]) -> dict:
+def _model_options(items: list[str], flag: str = "--model-option") -> dict:
     import yaml
 
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--model-option {item!r} is not KEY=VALUE (e.g. width_mult=0.5)")
+            raise ValueError(f"{flag} {item!r} is not KEY=VALUE (e.g. width_mult=0.5)")
         options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def _crf_options(items: list[str]) -> dict:
+    import inspect
+
+    from deeplab.crf import dense_crf
+
+    options = _model_options(items, "--crf-option")
+    known = [k for k, v in inspect.signature(dense_crf).parameters.items()
+             if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"--crf-option {key!r} is not a CRF parameter; use one of: "
+                             + ", ".join(known))
     return options
 
 
 def _segmenter_options(args: argparse.Namespace) -> dict:
     crop = args.crop or (513 if args.sliding_window else None)
     return dict(scales=args.scales, flip=args.flip, crop=crop, overlap=args.overlap,
-                crf=args.crf, output_stride=args.output_stride, device=args.device,
+                crf=args.crf or bool(args.crf_option), crf_options=_crf_options(args.crf_option),
+                output_stride=args.output_stride, device=args.device,
                 batch_size=args.batch_size)
 
 

@@ -426,6 +426,20 @@ def test_crf_option_refines_the_model_probabilities():
     assert np.abs(refined.probabilities - plain.probabilities).max() > 1e-3
 
 
+def test_cli_crf_options_reach_the_segmenter_and_are_checked(capsys):
+    from deeplab.cli import _segmenter_options, build_parser
+
+    args = build_parser().parse_args(
+        ["predict", "x.jpg", "--crf-option", "bilateral_srgb=5", "--crf-option", "iterations=10"]
+    )
+    options = _segmenter_options(args)
+    assert options["crf"] is True  # a CRF option implies --crf
+    assert options["crf_options"] == {"bilateral_srgb": 5, "iterations": 10}
+    bad = build_parser().parse_args(["predict", "x.jpg", "--crf-option", "srgb=5"])
+    with pytest.raises(ValueError, match="bilateral_srgb"):
+        _segmenter_options(bad)
+
+
 def _save_tiny_deeplab(tmp_path, num_classes: int):
     import deeplab
 
