@@ -41,7 +41,8 @@ class ModelConfig:
     # state_dict file in torchvision's key layout.
     backbone_weights: str | None = None
     # Batch norm: "finetune" (train mode, learn gamma/beta), "freeze" (eval mode, no grad),
-    # "freeze_backbone" (freeze only the backbone's), or "auto": fine-tune only when a BN layer
+    # "freeze_backbone" (freeze the backbone's and the image-pooling branch's, fine-tune
+    # the rest of the head), or "auto": fine-tune only when a BN layer
     # sees >= 12 images per step, else freeze (the TF release's recipe).
     bn: str = "auto"
     sync_bn: bool = True  # SyncBatchNorm under DDP when BN is fine-tuned

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 from deeplab.config import Config, ConfigError, require_data_root, to_dict, validate
 from deeplab.data.labels import IGNORE_INDEX
 from deeplab.losses import SegmentationLoss, load_class_weights
+from deeplab.models.layers import SingleValueBatchNorm2d
 
 # --- processes ----------------------------------------------------------------------------
 
@@ -234,8 +235,15 @@ def configure_batchnorm(model: nn.Module, mode: str, *, images_per_bn: int) -> l
     mode = resolve_bn_mode(mode, images_per_bn=images_per_bn)
     if mode == "finetune":
         return []
-    scope = model.backbone if mode == "freeze_backbone" else model
-    frozen = [m for m in scope.modules() if isinstance(m, _BatchNorm)]
+    if mode == "freeze_backbone":
+        # The image-pooling BN goes with the backbone's: its statistics come from one
+        # pooled vector per image, and over a few crops of similar scenes their variance
+        # is tiny (~4e-5 on CamVid, batch 8), so at evaluation the shift between crop and
+        # full-frame pooling was amplified ~150x and the model predicted a single class.
+        frozen = [m for m in model.backbone.modules() if isinstance(m, _BatchNorm)]
+        frozen += [m for m in model.modules() if isinstance(m, SingleValueBatchNorm2d)]
+    else:
+        frozen = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     for m in frozen:
         m.requires_grad_(False)
     return frozen
