@@ -177,6 +177,23 @@ def test_frozen_bn_keeps_running_stats_and_gets_no_gradient():
     assert len(configure_batchnorm(TinyNet(), "freeze_backbone", images_per_bn=16)) == 1
 
 
+def test_freeze_backbone_also_freezes_the_image_pooling_bn():
+    # Real model on the meta device: only the structure matters here.
+    from deeplab.models import create_model
+    from deeplab.models.layers import SingleValueBatchNorm2d
+
+    with torch.device("meta"):
+        model = create_model("deeplabv3plus_mobilenetv2", num_classes=NUM_CLASSES)
+    frozen = configure_batchnorm(model, "freeze_backbone", images_per_bn=8)
+    backbone_bn = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    pooling_bn = [m for m in model.modules() if isinstance(m, SingleValueBatchNorm2d)]
+    head_bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    head_bn = [m for m in head_bn if m not in backbone_bn and m not in pooling_bn]
+    assert len(pooling_bn) == 1 and head_bn
+    assert frozen == backbone_bn + pooling_bn
+    assert all(m.weight.requires_grad for m in head_bn)
+
+
 def _weights(path):
     return load_checkpoint(path)["model"]
 
