@@ -121,6 +121,11 @@ class EvalConfig:
 
     output_stride: int | None = None  # None: the training output stride
     batch_size: int = 1
+    # Before each validation, re-estimate the statistics of the BN layers being fine-tuned
+    # over this many training batches ("precise BN"); 0: use the running averages. With a
+    # high learning rate the running averages lag behind the weights, and evaluation with
+    # them can be far worse than the model is.
+    precise_bn_batches: int = 0
 
 
 @dataclass
@@ -270,6 +275,8 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
     ):
         if os_ is not None and os_ not in (8, 16, 32):
             raise ConfigError(f"{key}={os_}: output stride must be 8, 16 or 32")
+    if cfg.eval.precise_bn_batches < 0:
+        raise ConfigError("eval.precise_bn_batches must be >= 0 (0 turns it off)")
     if m.pretrained and m.backbone_weights:
         raise ConfigError(
             "set model.pretrained (a whole DeepLab) or model.backbone_weights (ImageNet backbone), "

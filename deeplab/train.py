@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import random
 import signal
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -528,6 +529,53 @@ def evaluate(
     return cm.compute()
 
 
+@torch.no_grad()
+def recompute_bn_statistics(
+    model: nn.Module, batches: Iterable, *, num_batches: int, proc: Process
+) -> None:
+    """"Precise BN" (Wu and Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 3): replace
+    the running statistics of the BN layers in train mode by their plain average over
+    ``num_batches`` batches under the current weights; frozen (eval-mode) BN is untouched.
+
+    Why: the running averages (momentum 0.1) mix statistics of weights from the last ~10
+    steps. While the learning rate is high they lag behind, and on CamVid a model scoring
+    65% pixel accuracy with fresh statistics scored 31% with the running ones. Dropout is
+    off during the pass, so it draws nothing from the global RNG (exact resume).
+    """
+    net = unwrap(model)
+    bns = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.training]
+    if not bns:
+        return
+    dropouts = (nn.Dropout, nn.Dropout2d, nn.Dropout3d)
+    dropout_was = {m: m.training for m in net.modules() if isinstance(m, dropouts)}
+    for m in dropout_was:
+        m.eval()
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    for images, _ in itertools.islice(batches, num_batches):
+        net(images.to(proc.device))
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+        if proc.distributed:  # the processes saw different images: average their estimates
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf /= proc.world_size
+    for m, was_training in dropout_was.items():
+        m.train(was_training)
+
+
+def precise_bn_batches(batches: BatchStream, *, seed: int) -> DataLoader:
+    """Training batches for ``recompute_bn_statistics``, drawn apart from the training
+    stream (its position and the global RNG stay as they are) and fixed by ``seed``."""
+    sampler = ShardedBatchSampler(
+        len(batches.dataset), batch_size=batches.sampler.batch_size, seed=seed,
+        rank=batches.sampler.rank, world_size=batches.sampler.world_size,
+    )  # fmt: skip
+    return DataLoader(batches.dataset, batch_sampler=sampler, collate_fn=batches.collate_fn)
+
+
 # --- the loop -----------------------------------------------------------------------------
 
 
@@ -625,6 +673,10 @@ def fit(
 
             due_val = t.val_every and progress.step % t.val_every == 0
             if val_loader is not None and (due_val or progress.step == t.iters):
+                if cfg.eval.precise_bn_batches:
+                    loader = precise_bn_batches(batches, seed=t.seed + 7919 * progress.step)
+                    recompute_bn_statistics(model, loader, proc=proc,
+                                            num_batches=cfg.eval.precise_bn_batches)
                 miou = validate_and_keep_best(model, val_loader, cfg=cfg, proc=proc,
                                               num_classes=num_classes, progress=progress, log=log,
                                               elapsed_s=time.monotonic() - start_time)

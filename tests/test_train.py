@@ -194,27 +194,51 @@ def test_freeze_backbone_also_freezes_the_image_pooling_bn():
     assert all(m.weight.requires_grad for m in head_bn)
 
 
+def test_precise_bn_replaces_running_stats_by_the_batch_average():
+    from deeplab.train import Process, recompute_bn_statistics
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    bn = model.backbone[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, far from the data's
+    batches = [(torch.randn(2, 3, 8, 8) + 1.0, None) for _ in range(3)]
+    model.train()
+    recompute_bn_statistics(model, batches, num_batches=3, proc=Process(0, 1, torch.device("cpu")))
+    conv_out = torch.cat([model.backbone[0](x) for x, _ in batches])
+    torch.testing.assert_close(bn.running_mean, conv_out.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    assert bn.momentum == 0.1 and model.dropout.training  # settings restored
+    # Frozen (eval-mode) BN keeps its statistics.
+    bn.running_mean.fill_(5.0)
+    bn.eval()
+    recompute_bn_statistics(model, batches, num_batches=3, proc=Process(0, 1, torch.device("cpu")))
+    assert torch.all(bn.running_mean == 5.0)
+
+
 def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("precise_bn", [False, True], ids=["plain", "precise_bn_validation"])
+def test_resume_continues_exactly(tmp_path, precise_bn):
     common = ("train.iters=8", "train.batch_size=8", "train.accum_steps=2")  # 4 epochs
+    if precise_bn:  # validation every 2 steps, each after re-estimating BN statistics
+        common += ("train.val_every=2", "eval.precise_bn_batches=2")
+    val = {"val_set": Synthetic(4)} if precise_bn else {}
     torch.manual_seed(0)
     one_go = train(tiny_config(tmp_path / "a", *common), model=TinyNet(),
-                   train_set=Synthetic(16))  # fmt: skip
+                   train_set=Synthetic(16), **val)  # fmt: skip
     assert one_go.status == "done" and one_go.step == 8
 
     torch.manual_seed(0)
     half = train(tiny_config(tmp_path / "b", *common, "train.stop_at=3"), model=TinyNet(),
-                 train_set=Synthetic(16))  # fmt: skip
+                 train_set=Synthetic(16), **val)  # fmt: skip
     assert half.status == "stopped" and half.step == 3
     mid = load_checkpoint(tmp_path / "b" / "last.pt")
     assert mid["step"] == 3 and mid["data"] == {"epoch": 1, "batch": 2}  # 4 micro-batches/epoch
     # A fresh model with other initial weights: everything must come from the checkpoint.
     torch.manual_seed(123)
     rest = train(tiny_config(tmp_path / "b", *common), model=TinyNet(), train_set=Synthetic(16),
-                 resume=tmp_path / "b" / "last.pt")  # fmt: skip
+                 resume=tmp_path / "b" / "last.pt", **val)  # fmt: skip
     assert rest.status == "done" and rest.step == 8
 
     a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
