@@ -86,7 +86,9 @@ def main() -> None:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     step_s, val_image_s = calibrate(cfg, steps=args.calibration_steps, val_images=3)
-    val_s = val_image_s * 101
+    # A validation: 101 val images, plus the precise-BN pass (forward only, about a third
+    # of a training step per batch).
+    val_s = val_image_s * 101 + cfg.eval.precise_bn_batches * step_s / 3
     budget_s = 60 * args.minutes
     iters = max(1, int((budget_s - args.evals * val_s) / step_s))
     val_every = max(1, iters // max(1, args.evals))
