@@ -187,6 +187,8 @@ def _model_options(items: list[str], flag: str = "--model-option") -> dict:
 
 
 def _crf_options(items: list[str]) -> dict:
+    if not items:
+        return {}
     import inspect
 
     from deeplab.crf import dense_crf
