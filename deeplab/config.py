@@ -46,6 +46,11 @@ class ModelConfig:
     # sees >= 12 images per step, else freeze (the TF release's recipe).
     bn: str = "auto"
     sync_bn: bool = True  # SyncBatchNorm under DDP when BN is fine-tuned
+    # Modules whose weights stay as loaded (no gradient, BN in eval mode), by name as in
+    # model.named_modules(), e.g. [backbone.features.0, backbone.features.1]. Freezing the
+    # first, full-resolution layers of an ImageNet backbone keeps generic features and
+    # spares their backward pass (the costliest part on a CPU); Detectron's FREEZE_AT.
+    frozen_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +117,9 @@ class TrainConfig:
     # long schedule over several jobs; continue with --resume).
     stop_at: int | None = None
     progress: bool = True  # tqdm bar on rank 0
+    # NHWC tensors: 1.3x faster MobileNetV2 training steps on a 2-core CPU
+    # (benchmarks/bench_train_throughput.py); mixed results for other backbones and devices.
+    channels_last: bool = False
     tensorboard: bool = False  # event files in out_dir/tb (needs `pip install tensorboard`)
 
 

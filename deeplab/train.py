@@ -250,6 +250,22 @@ def configure_batchnorm(model: nn.Module, mode: str, *, images_per_bn: int) -> l
     return frozen
 
 
+def freeze_modules(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    """Stop gradients to the named submodules; return their BN layers (to keep in eval mode)."""
+    modules = dict(model.named_modules())
+    frozen_bn: list[nn.Module] = []
+    for name in names:
+        if name not in modules:
+            top = ", ".join(n for n in modules if n and "." not in n)
+            raise ConfigError(
+                f"model.frozen_modules: {name!r} is not a module of this model; names are as in "
+                f"model.named_modules(), e.g. backbone.features.0 (top level: {top})"
+            )
+        modules[name].requires_grad_(False)
+        frozen_bn += [m for m in modules[name].modules() if isinstance(m, _BatchNorm)]
+    return frozen_bn
+
+
 def set_train_mode(model: nn.Module, frozen_bn: list[nn.Module]) -> None:
     """``model.train()`` with the frozen BN layers back in eval mode (running statistics)."""
     model.train()
@@ -469,13 +485,15 @@ def train_step(
     accum_steps: int,
     autocast: Callable[[], contextlib.AbstractContextManager],
     device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> float:
     """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for i in range(accum_steps):
         images, masks = next(batches)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images = images.to(device, memory_format=memory_format, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
         # DDP averages gradients only on the last micro-batch of the step.
         last = i == accum_steps - 1
         sync = (
@@ -636,6 +654,7 @@ def fit(
 
     t, out = cfg.train, Path(cfg.train.out_dir)
     autocast = autocast_for(t.amp, proc.device)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     stop_at = min(t.iters, t.stop_at) if t.stop_at else t.iters
     start_time = time.monotonic()
     show = proc.is_main and t.progress
@@ -658,7 +677,8 @@ def fit(
         window_start, window_images = time.perf_counter(), 0
         while progress.step < stop_at:
             loss = train_step(model, batches, loss_fn, optimizer, scaler, step=progress.step,
-                              accum_steps=t.accum_steps, autocast=autocast, device=proc.device)
+                              accum_steps=t.accum_steps, autocast=autocast, device=proc.device,
+                              memory_format=memory_format)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             progress.step += 1
@@ -831,9 +851,12 @@ def train(
     if sync and bn_mode != "freeze":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     frozen_bn = configure_batchnorm(model, bn_mode, images_per_bn=images_per_bn)
+    frozen_bn += freeze_modules(model, cfg.model.frozen_modules)
     if proc.is_main:
         print(f"batch norm: {bn_mode} ({images_per_bn} images per BN layer per step)", flush=True)
     model.to(proc.device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
     if state is not None:
         unwrap(model).load_state_dict(state["model"])
     if proc.distributed:

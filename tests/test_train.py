@@ -250,6 +250,32 @@ def test_resume_continues_exactly(tmp_path, precise_bn):
     assert not torch.allclose(a["classifier.weight"], TinyNet().state_dict()["classifier.weight"])
 
 
+def test_frozen_modules_keep_their_weights_and_channels_last_trains_the_same(tmp_path):
+    common = ("model.frozen_modules=[backbone]", "train.iters=3")
+    torch.manual_seed(0)
+    start = TinyNet().state_dict()
+    runs = {}
+    for fmt in ("false", "true"):
+        torch.manual_seed(0)
+        train(tiny_config(tmp_path / fmt, *common, f"train.channels_last={fmt}"), model=TinyNet(),
+              train_set=Synthetic(16))  # fmt: skip
+        runs[fmt] = _weights(tmp_path / fmt / "last.pt")
+    for key, value in runs["false"].items():
+        if key.startswith("backbone."):  # conv and BN, running statistics included
+            torch.testing.assert_close(value, start[key], rtol=0, atol=0, msg=key)
+        # NHWC changes the summation order only.
+        torch.testing.assert_close(runs["true"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert not torch.equal(runs["false"]["classifier.weight"], start["classifier.weight"])
+
+
+def test_unknown_frozen_module_is_named(tmp_path):
+    from deeplab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'backbone\.nope'.*top level: backbone"):
+        train(tiny_config(tmp_path, "model.frozen_modules=[backbone.nope]"), model=TinyNet(),
+              train_set=Synthetic(16))  # fmt: skip
+
+
 def test_metrics_log_and_loss_goes_down(tmp_path):
     import json
 
