@@ -74,10 +74,11 @@ class PermutohedralLattice:
         # rank[i] = position of coordinate i when the residuals are sorted in
         # decreasing order (ties: the lower index first), then pushed back onto the
         # plane by the residual sum (Adams et al. 2010, p. 10).
-        rank = torch.empty(n, d + 1, dtype=torch.int64, device=dev)
-        for i in range(d + 1):
-            col = diff[:, i : i + 1]
-            rank[:, i] = (diff[:, i + 1 :] > col).sum(1) + (diff[:, :i] >= col).sum(1)
+        # All pairs at once: before[p, i, j] says coordinate j comes before coordinate i.
+        before = diff[:, None, :] > diff[:, :, None]
+        lower = torch.ones(d + 1, d + 1, dtype=torch.bool, device=dev).tril(-1)  # j < i
+        before |= lower & (diff[:, None, :] == diff[:, :, None])
+        rank = before.sum(2)
         rank += total
         wrap = (rank < 0).long() - (rank > d).long()
         rank += (d + 1) * wrap
@@ -105,27 +106,45 @@ class PermutohedralLattice:
                 "downscale the image"
             )
         radix = torch.tensor([span**k for k in range(d)], device=dev, dtype=torch.int64)
-        base = (((d + 1) * q - lo) * radix).sum(1, keepdim=True)
+        base = (((d + 1) * q - lo) * radix).sum(1)
+        # Points in the same simplex share its d+1 vertices. Sorting one key per point
+        # (base vertex, rank) finds the distinct simplices, so only their vertices need
+        # the costlier sort below (at 480x360, 10k vertices for 1M simplex corners).
+        ranks_radix = (d + 1) ** (d + 1)
+        if span**d * ranks_radix < 2**62:
+            powers = (d + 1) ** torch.arange(d + 1, device=dev)
+            key = base * ranks_radix + (rank * powers).sum(1)
+            order = _argsort(key)
+            sorted_key = key[order]
+            first = torch.ones_like(sorted_key, dtype=torch.bool)
+            first[1:] = sorted_key[1:] != sorted_key[:-1]
+            simplex = torch.empty_like(order)
+            simplex[order] = first.cumsum(0) - 1
+            corner = order[first]  # one point per simplex
+        else:
+            simplex = corner = torch.arange(n, device=dev)
+        s, s_rank = corner.numel(), rank[corner]
         # at_least[:, k] = sum of radix_i over coordinates i < d with rank_i >= k
-        per_rank = torch.zeros(n, d + 2, dtype=torch.int64, device=dev)
-        per_rank.scatter_add_(1, rank[:, :d], radix.expand(n, d))
+        per_rank = torch.zeros(s, d + 2, dtype=torch.int64, device=dev)
+        per_rank.scatter_add_(1, s_rank[:, :d], radix.expand(s, d))
         at_least = per_rank.flip(1).cumsum(1).flip(1)
         r = torch.arange(d + 1, device=dev)
-        codes = (base + r * int(radix.sum()) - (d + 1) * at_least[:, 1:].flip(1)).reshape(-1)
-        # One sort gives both the distinct vertices (the hash table of the released
-        # code) and the splat matrix's rows in order.
-        order = _argsort(codes)
-        sorted_codes = codes[order]
+        codes = base[corner, None] + r * int(radix.sum()) - (d + 1) * at_least[:, 1:].flip(1)
+        # One sort of the simplices' vertex keys gives the distinct vertices (the hash
+        # table of the released code), numbered in increasing key order.
+        order = _argsort(codes.reshape(-1))
+        sorted_codes = codes.reshape(-1)[order]
         first = torch.ones_like(sorted_codes, dtype=torch.bool)
         first[1:] = sorted_codes[1:] != sorted_codes[:-1]
         vertices = sorted_codes[first]
         self.num_vertices = m = vertices.numel()
-        sorted_vertex = first.cumsum(0) - 1
-        vertex = torch.empty_like(sorted_vertex)
-        vertex[order] = sorted_vertex
-        self.vertex = vertex.view(n, d + 1)  # the lattice vertex of each simplex corner
-        self.splat_order = order  # entries of vertex/weights (flattened) sorted by vertex
-        counts = torch.bincount(sorted_vertex, minlength=m)
+        simplex_vertex = torch.empty_like(order)
+        simplex_vertex[order] = first.cumsum(0) - 1
+        vertex = simplex_vertex.view(s, d + 1)[simplex]
+        self.vertex = vertex  # [N, d+1] the lattice vertex of each simplex corner
+        # The splat matrix's rows: entries of vertex/weights (flattened) sorted by vertex.
+        self.splat_order = _argsort_below(vertex.reshape(-1), m)
+        counts = torch.bincount(vertex.reshape(-1), minlength=m)
         self.splat_pointers = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         # The "magic" slice factor of the released code: normalises the blur's gain.
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
@@ -165,6 +184,19 @@ def _argsort(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu":
         return torch.from_numpy(np.argsort(x.numpy(), kind="stable"))
     return torch.argsort(x)
+
+
+def _argsort_below(x: torch.Tensor, bound: int) -> torch.Tensor:
+    """Stable argsort of integers in [0, bound): on CPU, NumPy's radix sort of 16-bit
+    digits (a pass or two) is several times faster than sorting int64 keys."""
+    if x.device.type != "cpu" or bound > 2**32:
+        return torch.argsort(x, stable=True)
+    values = x.numpy()
+    order = np.argsort(values.astype(np.uint16), kind="stable")  # low 16 bits
+    if bound > 2**16:  # least significant digit first: a stable pass on the high bits
+        high = (values >> 16).astype(np.uint16)[order]
+        order = order[np.argsort(high, kind="stable")]
+    return torch.from_numpy(order)
 
 
 def _csr(pointers, columns, values, size) -> torch.Tensor:
