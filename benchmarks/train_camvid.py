@@ -34,6 +34,7 @@ from deeplab.train import (
     build_optimizer,
     configure_batchnorm,
     evaluate,
+    freeze_modules,
     normalisation,
     set_train_mode,
     train,
@@ -51,6 +52,9 @@ def calibrate(cfg, *, steps: int, val_images: int) -> tuple[float, float]:
     train_set, val_set = build_datasets(cfg, mean=mean, std=std, seed=cfg.train.seed)
     model = build_model(cfg, num_classes=cfg.model.num_classes)
     frozen = configure_batchnorm(model, cfg.model.bn, images_per_bn=cfg.train.batch_size)
+    frozen += freeze_modules(model, cfg.model.frozen_modules)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     optimizer = build_optimizer(model, lr=1e-4, momentum=0.9, weight_decay=0.0)
     loss_fn = SegmentationLoss(num_classes=cfg.model.num_classes)
     loader = iter(DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True))
@@ -58,6 +62,7 @@ def calibrate(cfg, *, steps: int, val_images: int) -> tuple[float, float]:
     set_train_mode(model, frozen)
     for _ in range(steps + 2):  # two warm-up steps (allocator, kernel choice) are not counted
         images, masks = next(loader)
+        images = images.contiguous(memory_format=fmt)
         start = time.perf_counter()
         optimizer.zero_grad()
         loss_fn(model(images), masks).backward()
@@ -92,6 +97,7 @@ def main() -> None:
     budget_s = 60 * args.minutes
     iters = max(1, int((budget_s - args.evals * val_s) / step_s))
     val_every = max(1, iters // max(1, args.evals))
+    iters = val_every * max(1, args.evals)  # so that the last validation is at the end
     rate = cfg.train.batch_size / step_s
     print(f"calibration: {step_s:.1f} s/step ({rate:.2f} img/s), {val_s:.0f} s per validation"
           f" -> {iters} steps, validating every {val_every}")  # fmt: skip
