@@ -69,6 +69,10 @@ class DataConfig:
     mean: list[float] | None = None  # 0-255 units; None: the weights' convention (ImageNet)
     std: list[float] | None = None
     num_workers: int = 2
+    # Bootstrapping on hard images (DeepLab-v3, sec. 4.1): training images containing any
+    # of these classes (names or ids) appear `bootstrap_copies` times per epoch.
+    bootstrap_classes: list[str | int] = field(default_factory=list)
+    bootstrap_copies: int = 2
 
 
 @dataclass
@@ -292,6 +296,8 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
         )
     if m.num_classes is not None and m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
+    if d.bootstrap_copies < 1:
+        raise ConfigError(f"data.bootstrap_copies={d.bootstrap_copies} must be >= 1 (1: no copies)")
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:
         raise ConfigError(f"data.crop_size={d.crop_size} must be [height, width], e.g. [513, 513]")
     if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:

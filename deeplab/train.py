@@ -782,6 +782,16 @@ def build_datasets(cfg: Config, *, mean, std, seed: int):
     train_set = build_dataset(
         d.dataset, root=root, split=d.train_split, transform=train_tf, seed=seed, **options
     )
+    if d.bootstrap_classes:
+        from deeplab.data.datasets import duplicate_hard_images
+
+        hard = duplicate_hard_images(train_set, d.bootstrap_classes, copies=d.bootstrap_copies)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"bootstrapping: {len(hard)} training images hold {d.bootstrap_classes} and are "
+                f"seen {d.bootstrap_copies}x; {len(train_set)} items per epoch",
+                flush=True,
+            )
     val_set = None
     if d.val_split:
         val_set = build_dataset(

@@ -14,6 +14,7 @@ from deeplab.data.datasets import (
     build_dataset,
     camvid_dataset,
     dataset_info,
+    duplicate_hard_images,
 )
 from deeplab.data.labels import voc_palette
 from deeplab.data.transforms import eval_transform, pad_collate, train_transform
@@ -129,6 +130,26 @@ def test_folder_dataset_with_class_names_file(tmp_path):
     ds = build_dataset("folder", root=root, split="train")
     assert ds.class_names == ("_background_", "cat", "dog") and len(ds) == 4
     assert [p[0].stem for p in ds.pairs] == [p[1].stem for p in ds.pairs]
+
+
+def test_bootstrapping_duplicates_the_images_holding_hard_classes(tmp_path):
+    root = tmp_path
+    for i, values in enumerate([[0, 1], [0, 2], [1], [2, 255]]):  # class 2 in images 1 and 3
+        _write_image(root / "images" / f"img{i}.png", seed=i)
+        _write_mask(root / "masks" / f"img{i}.png", _grid(values))
+    ds = build_dataset("folder", root=root, split="train", class_names=["bg", "cat", "dog"],
+                       seed=0)  # fmt: skip
+    assert duplicate_hard_images(ds, ["dog"], copies=3) == [1, 3]
+    assert [p[0].stem for p in ds.pairs] == ["img0", "img1", "img2", "img3"] + ["img1"] * 2 + [
+        "img3"
+    ] * 2
+    # A copy is its own item: same pixels, its own augmentation stream.
+    assert ds.read(4)[0].tobytes() == ds.read(1)[0].tobytes()
+    assert ds.rng(4).random() != ds.rng(1).random()
+    again = build_dataset("folder", root=root, split="train", class_names=["bg", "cat", "dog"])
+    assert duplicate_hard_images(again, [1, "dog"], copies=2) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="'bird' is not a class.*bg, cat, dog"):
+        duplicate_hard_images(again, ["bird"], copies=2)
 
 
 def test_list_file_dataset(tmp_path):

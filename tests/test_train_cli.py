@@ -55,8 +55,12 @@ def test_train_real_model_on_folder_data_then_resume(folder_data, tmp_path, caps
         "train.batch_size=2", "train.iters=3", "train.stop_at=2", "train.val_every=2",
         "train.progress=false", "data.num_workers=0", "model.options={width_mult: 0.5}",
         "train.log_every=1", "loss.class_weights=[1, 2, 3]", "loss.top_k_percent_pixels=0.5",
+        "data.bootstrap_classes=[2]", "model.frozen_modules=[backbone.features.0]",
+        "train.channels_last=true",
     ]  # fmt: skip
     assert main(args) == 0
+    # every train mask holds class 2: 4 images seen twice
+    assert "bootstrapping: 4 training images" in capsys.readouterr().out
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 2 and state["config"]["model"]["num_classes"] == 3
     best = load_checkpoint(out / "best.pt")

@@ -467,6 +467,36 @@ class SegmentationDataset:
         )
 
 
+def duplicate_hard_images(
+    dataset: SegmentationDataset, classes: Sequence[int | str], *, copies: int
+) -> list[int]:
+    """"Bootstrapping" of DeepLab-v3 (sec. 4.1): training images whose mask holds any of
+    ``classes`` (ids or names) appear ``copies`` times in all, so that rare, hard classes
+    (VOC: bicycle, chair, table, potted plant, sofa) are seen more often. Each copy is a
+    separate item with its own augmentation. Reads every mask once; returns the indices
+    of the duplicated images."""
+    if copies < 1:
+        raise ValueError(f"data.bootstrap_copies={copies} must be >= 1 (1: no duplicates)")
+    names = dataset.class_names
+    ids = set()
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            ids.add(names.index(c))
+        elif isinstance(c, int) and 0 <= c < len(names):
+            ids.add(c)
+        else:
+            raise ValueError(
+                f"bootstrap class {c!r} is not a class of this dataset; use an id "
+                f"0..{len(names) - 1} or one of: {', '.join(names)}"
+            )
+    wanted = np.zeros(256, dtype=bool)
+    wanted[sorted(ids)] = True
+    original = list(dataset.pairs)
+    hard = [i for i, (_, m) in enumerate(original) if wanted[read_mask(m, dataset.info)].any()]
+    dataset.pairs = original + [original[i] for i in hard for _ in range(copies - 1)]
+    return hard
+
+
 def camvid_dataset(
     *, root: str | Path, split: str, transform: Transform | None = None, seed: int | None = None
 ) -> SegmentationDataset:
