@@ -303,6 +303,18 @@ def test_fixed_input_size_resizes_pads_and_maps_back():
     assert model.sizes == [(17, 17), (33, 33), (57, 57)]
 
 
+@pytest.mark.parametrize("align_corners, padded", [(True, (65, 113)), (False, (64, 112))])
+def test_inputs_are_padded_to_the_feature_grid_and_cropped_back(align_corners, padded):
+    # As the training loop's validation does: k * 16 + 1 (corner-aligned) or k * 16.
+    model = Recorder(Pointwise())
+    image = _random_image(50, 100)
+    pred = _segmenter(model, align_corners=align_corners).predict(image, probabilities=True)
+    assert model.sizes == [padded] and pred.labels.shape == (50, 100)
+    # A pointwise model gives the same answer on the unpadded pixels.
+    plain = _segmenter(Pointwise()).predict(image, probabilities=True)
+    np.testing.assert_allclose(pred.probabilities, plain.probabilities, atol=1e-6)
+
+
 def test_output_stride_override_reaches_the_model():
     model = Recorder(Pointwise())
     _segmenter(model, output_stride=8)
