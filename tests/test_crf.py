@@ -119,6 +119,10 @@ def test_inputs_are_checked_with_actionable_errors():
         dense_crf(image, probs * 2)
     with pytest.raises(ValueError, match="not logits"):
         dense_crf(image, probs - 1)
+    broken = probs.copy()
+    broken[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        dense_crf(image, broken)
     with pytest.raises(ValueError, match="iterations"):
         dense_crf(image, probs, iterations=-1)
     with pytest.raises(ValueError, match="bilateral_srgb"):
