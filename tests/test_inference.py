@@ -262,7 +262,8 @@ def test_multi_scale_averages_the_single_scales():
     model = Recorder(SmallFCN())
     x = _segmenter(model).normalize(_random_image(32, 48))
     both = _segmenter(model, scales=(0.5, 1.5)).probabilities(x)
-    assert model.sizes == [(16, 24), (48, 72)]
+    # 16x24 and 48x72, padded to multiples of the output stride (16)
+    assert model.sizes == [(16, 32), (48, 80)]
     half = _segmenter(model, scales=(0.5,)).probabilities(x)
     big = _segmenter(model, scales=(1.5,)).probabilities(x)
     assert both.shape == (1, 3, 32, 48)
