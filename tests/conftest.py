@@ -35,3 +35,13 @@ def weights_dir(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def camvid_dir(shared: Path) -> Path:
     return shared / "data" / "camvid"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a shared, busy 2-core machine two OpenMP
+    threads spin against each other and a small forward pass takes seconds, not ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

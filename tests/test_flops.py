@@ -14,14 +14,7 @@ import torch.nn as nn
 from deeplab.models import create_model
 from deeplab.models.flops import count_multiply_adds, count_parameters, model_table
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two OpenMP threads spin against each other on a busy 2-core machine; one does not.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _meta(name: str, **options) -> nn.Module:

@@ -25,13 +25,8 @@ ODD, EVEN = (33, 33), (40, 56)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, busy 2-core machine two OpenMP threads spin against each other and
-    # a 40x56 forward pass takes seconds instead of milliseconds; one thread does not.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_fresh_models(one_thread):
     yield
-    torch.set_num_threads(threads)
     _built.cache_clear()
 
 
