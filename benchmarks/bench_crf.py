@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deeplab.crf import _position_kernel, dense_crf
+from deeplab.crf import clear_cache, dense_crf
 
 
 def noisy_probs(mask: np.ndarray, classes: int, seed: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def main() -> None:
 
 def run_ours(image: torch.Tensor, probs: torch.Tensor, iterations: int, *, cold: bool):
     if cold:  # as for the first image of a size: build the position lattice too
-        _position_kernel.cache_clear()
+        clear_cache()
     out = dense_crf(image, probs, iterations=iterations)
     if out.device.type == "cuda":
         torch.cuda.synchronize()

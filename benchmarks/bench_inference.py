@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-from deeplab.inference import Segmenter, load_image
+from deeplab.data.datasets import build_dataset
+from deeplab.data.images import read_image
+from deeplab.evaluate import evaluate_split
+from deeplab.inference import Segmenter
 
 OPTION_SETS: list[tuple[str, dict]] = [
     ("single scale (baseline)", {}),
@@ -33,17 +36,8 @@ OPTION_SETS: list[tuple[str, dict]] = [
 
 
 def voc_example_miou(segmenter: Segmenter, root: Path) -> float:
-    from torch.utils.data import DataLoader
-
-    from deeplab.data.datasets import build_dataset
-    from deeplab.data.transforms import eval_transform
-    from deeplab.evaluate import evaluate
-
-    mean, std = segmenter.mean.flatten().tolist(), segmenter.std.flatten().tolist()
     dataset = build_dataset("folder", root=root, split="val")
-    dataset.transform = eval_transform(mean=mean, std=std)
-    loader = DataLoader(dataset, batch_size=1)
-    return evaluate(segmenter, loader, num_classes=dataset.num_classes, progress=False)["miou"]
+    return evaluate_split(segmenter, dataset, progress=False)["miou"]
 
 
 def main() -> None:
@@ -55,7 +49,7 @@ def main() -> None:
     parser.add_argument("--voc-example", type=Path, help="VOC-layout folder for mean IoU")
     args = parser.parse_args()
 
-    image = load_image(args.image)
+    image = read_image(args.image)
     base = Segmenter.from_pretrained(args.model, device=args.device)
     train_stride = base.model.output_stride
     segmenters = []

@@ -31,7 +31,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from deeplab.models import create_model  # noqa: E402
+from deeplab.hub import create_model  # noqa: E402
 
 MODELS = (
     "deeplabv3_mobilenetv2",

@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from deeplab.hub import create_model
 from deeplab.losses import SegmentationLoss
-from deeplab.models import create_model
 from deeplab.train import build_optimizer, configure_batchnorm, freeze_modules, set_train_mode
 
 MAIN_VARIANTS = (

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deeplab.data.labelme import convert_labelme_file, read_labels
+from deeplab.hub import create_model
 from deeplab.metrics import ConfusionMatrix
 from deeplab.weights import default_entry, entry_path, list_entries
-from deeplab.weights.tflite_import import load_tflite
 
 
 def normalise(image: Image.Image, entry) -> torch.Tensor:
@@ -84,7 +84,7 @@ def main() -> None:
     rows = []
     for entry in list_entries(kind="segmentation"):
         path = entry_path(entry, progress=False)
-        model = load_tflite(path).eval()
+        model = create_model(entry.arch, pretrained=str(path)).eval()
         cm = ConfusionMatrix(entry.num_classes)
         for image, mask in photos:
             with torch.no_grad():

@@ -23,22 +23,22 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from deeplab.config import apply_overrides, load_config
+from deeplab.config import apply_overrides, load_config, normalisation
 from deeplab.data.labels import CAMVID_CLASSES
+from deeplab.evaluate import evaluate_split
+from deeplab.inference import Segmenter
+from deeplab.losses import SegmentationLoss
 from deeplab.train import (
     Process,
-    build_datasets,
-    build_model,
     build_optimizer,
     configure_batchnorm,
-    evaluate,
     freeze_modules,
-    normalisation,
     set_train_mode,
     train,
 )
+from deeplab.train.run import build_datasets, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPLAB_SHARED", REPO.parent / "shared"))
@@ -46,11 +46,10 @@ SHARED = Path(os.environ.get("DEEPLAB_SHARED", REPO.parent / "shared"))
 
 def calibrate(cfg, *, steps: int, val_images: int) -> tuple[float, float]:
     """(seconds per training step, seconds per validation image), measured on real data."""
-    from deeplab.losses import SegmentationLoss
-
+    proc = Process(0, 1, torch.device("cpu"))
     mean, std = normalisation(cfg)
-    train_set, val_set = build_datasets(cfg, mean=mean, std=std, seed=cfg.train.seed)
-    model = build_model(cfg, num_classes=cfg.model.num_classes)
+    train_set, val_set = build_datasets(cfg, mean=mean, std=std, seed=cfg.train.seed, proc=proc)
+    model = build_model(cfg, num_classes=cfg.model.num_classes, proc=proc)
     frozen = configure_batchnorm(model, cfg.model.bn, images_per_bn=cfg.train.batch_size)
     frozen += freeze_modules(model, cfg.model.frozen_modules)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -70,8 +69,8 @@ def calibrate(cfg, *, steps: int, val_images: int) -> tuple[float, float]:
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times[2:])  # robust to one step slowed by other load
     start = time.perf_counter()
-    evaluate(model, DataLoader(Subset(val_set, range(val_images))), num_classes=11,
-             proc=Process(0, 1, torch.device("cpu")))  # fmt: skip
+    segmenter = Segmenter(model, mean=mean, std=std, class_names=CAMVID_CLASSES)
+    evaluate_split(segmenter, val_set, max_images=val_images, progress=False)
     return step_s, (time.perf_counter() - start) / val_images
 
 

@@ -20,6 +20,10 @@ from typing import Any
 
 import yaml
 
+from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
+from deeplab.models.layers import OUTPUT_STRIDES, aligned_size
+from deeplab.weights.zoo import get_entry
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the message says which key and how to fix it."""
@@ -176,14 +180,31 @@ def load_config(
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
     """``cfg`` with dotted ``key=value`` overrides (values parsed as YAML); validated."""
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=0.01)")
-        value = yaml.safe_load(text) if text else None
-        cfg = merge(cfg, _nest(key.strip().split("."), value), source=f"override {item!r}")
+    for key, value in parse_assignments(overrides, what="override", example="optim.lr=0.01"):
+        cfg = merge(cfg, _nest(key.split("."), value), source=f"override {key}={value!r}")
     validate(cfg)
     return cfg
+
+
+def parse_assignments(
+    items: list[str] | tuple[str, ...], *, what: str, example: str
+) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=[1,2]"]`` -> ``[("a.b", 1), ("c", [1, 2])]``, values read as YAML.
+
+    The one parser of ``key=value`` words: config overrides, ``--model-option`` and
+    ``--crf-option``. ``what``/``example`` word the error (``--crf-option``, ``iterations=10``).
+    """
+    pairs = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item!r} is not key=value (e.g. {example})")
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{what} {item!r}: {text!r} is not a YAML value") from None
+        pairs.append((key.strip(), value))
+    return pairs
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -285,8 +306,11 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
         ("model.output_stride", m.output_stride),
         ("eval.output_stride", cfg.eval.output_stride),
     ):
-        if os_ is not None and os_ not in (8, 16, 32):
-            raise ConfigError(f"{key}={os_}: output stride must be 8, 16 or 32")
+        if os_ is not None and os_ not in OUTPUT_STRIDES:
+            *most, last = OUTPUT_STRIDES
+            raise ConfigError(
+                f"{key}={os_}: output stride must be {', '.join(map(str, most))} or {last}"
+            )
     if cfg.eval.precise_bn_batches < 0:
         raise ConfigError("eval.precise_bn_batches must be >= 0 (0 turns it off)")
     if m.pretrained and m.backbone_weights:
@@ -333,12 +357,25 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
     for os_ in {m.output_stride, cfg.eval.output_stride or m.output_stride}:
         for side in sorted(set(d.crop_size)):
             if (side - 1) % os_:
-                suggestion = -(-(side - 1) // os_) * os_ + 1  # the next larger k*OS+1
+                suggestion = aligned_size(side, os_)
                 warnings.warn(
                     f"data.crop_size: crop {side} is not k*{os_}+1; try {suggestion} so that "
                     "feature corners align with image corners (the TF release's convention)",
                     stacklevel=2,
                 )
+
+
+def normalisation(cfg: Config) -> tuple[list[float], list[float]]:
+    """Input mean/std (0-255 units): the config's, else the pretrained zoo entry's (Google's
+    models expect x/127.5 - 1 or x/128 - 1), else ImageNet's (torchvision-layout backbones)."""
+    mean, std = cfg.data.mean, cfg.data.std
+    if (mean is None or std is None) and cfg.model.pretrained:
+        try:
+            entry = get_entry(cfg.model.pretrained)
+            mean, std = mean or list(entry.mean), std or list(entry.std)
+        except KeyError:
+            pass  # a weight file, not a zoo entry: ImageNet statistics
+    return list(mean or IMAGENET_MEAN), list(std or IMAGENET_STD)
 
 
 def require_data_root(cfg: Config) -> Path:

@@ -29,6 +29,7 @@ once per image and reused across iterations.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PermutohedralLattice", "dense_crf", "unary_from_probs"]
+__all__ = ["PermutohedralLattice", "check_options", "clear_cache", "dense_crf", "unary_from_probs"]
 
 
 class PermutohedralLattice:
@@ -317,6 +318,11 @@ def _position_kernel(
     return lattice, _normaliser(lattice)
 
 
+def clear_cache() -> None:
+    """Forget the position lattices kept per image size (to time a first image)."""
+    _position_kernel.cache_clear()
+
+
 def unary_from_probs(probs: torch.Tensor, clip: float = 1e-5) -> torch.Tensor:
     """Softmax probabilities -> unary energy -log(p), clipped so that log(0) stays finite."""
     return -torch.log(probs.clamp(min=clip, max=1.0))
@@ -434,3 +440,15 @@ def dense_crf(
 
     out = q.t().reshape(c, h, w).contiguous()
     return out.cpu().numpy() if as_numpy else out
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` if every key is a parameter of ``dense_crf``, else a ``ValueError`` listing
+    them (``--crf-option``)."""
+    known = [k for k, v in inspect.signature(dense_crf).parameters.items()
+             if v.kind is inspect.Parameter.KEYWORD_ONLY]  # fmt: skip
+    for key in options:
+        if key not in known:
+            raise ValueError(f"--crf-option {key!r} is not a CRF parameter; use one of: "
+                             + ", ".join(known))  # fmt: skip
+    return options

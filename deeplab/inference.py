@@ -16,147 +16,37 @@ Test-time options follow the DeepLab papers and the TF release's evaluation:
   at test scale s the canvas is that size times s (513 -> 257 at 0.5), as the
   TF release's multi-scale evaluation scales its 513 crop.
 
-Images may come as paths, PIL images or numpy arrays in any mode Pillow reads.
+Other inputs are padded bottom/right to the model's feature grid (k * output_stride + 1)
+and the scores cropped back, as the training loop's validation feeds them.
+Images come as paths, PIL images or numpy arrays (``deeplab.data.images``); models and
+their class names come from ``deeplab.hub``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
-from deeplab.viz import Palette
+from deeplab import hub, viz
+from deeplab.checkpoint import ModelInfo
+from deeplab.crf import dense_crf
+from deeplab.data.images import ImageInput, read_image
+from deeplab.data.labels import Palette
+from deeplab.data.transforms import as_size
+from deeplab.models.layers import aligned_size, resize, scaled_size
+from deeplab.weights import list_entries
 
-ImageInput = str | Path | Image.Image | np.ndarray
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
-
-# --- reading images ---------------------------------------------------------
-
-
-def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into the image files inside them (recursively, sorted).
-
-    Files named explicitly are kept whatever their suffix, so that an
-    unreadable one is reported instead of silently skipped.
-    """
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            found.append(p)
-    return found
-
-
-def _scale_16bit(values: np.ndarray) -> np.ndarray:
-    # 0..65535 -> 0..255: divide by 257 so that 65535 maps exactly to 255.
-    return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
-
-
-def to_rgb(pil: Image.Image) -> np.ndarray:
-    """A PIL image in any mode -> ``HxWx3 uint8`` RGB, EXIF orientation applied.
-
-    16-bit and 32-bit integer greyscale is scaled to 8 bits (Pillow's own
-    ``convert`` clips it instead); float images are read as 0..1 when their
-    maximum is at most 1, else as 0..255; transparent images are composited
-    over white.
-    """
-    try:
-        pil = ImageOps.exif_transpose(pil)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # malformed EXIF: keep the stored orientation rather than fail the image
-    mode = pil.mode
-    if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(pil).astype(np.int64)
-        # Mode I holds 16-bit files on some Pillow versions; 8-bit data stays as is.
-        gray = _scale_16bit(values) if values.max(initial=0) > 255 else np.clip(values, 0, 255)
-        return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-    if mode == "F":
-        values = np.nan_to_num(np.asarray(pil, dtype=np.float64))
-        if values.max(initial=0.0) <= 1.0:
-            values = values * 255.0
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if mode == "P" and "transparency" in pil.info:
-        pil = pil.convert("RGBA")
-        mode = "RGBA"
-    if mode == "La":  # premultiplied grey + alpha: Pillow converts it only via RGBa
-        pil = Image.merge("RGBa", (*[pil.getchannel(0)] * 3, pil.getchannel(1)))
-        mode = "RGBa"
-    if mode in ("LA", "PA", "RGBA", "RGBa"):
-        rgba = pil.convert("RGBA")  # also undoes premultiplied alpha (RGBa)
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        pil = Image.alpha_composite(white, rgba)
-    if mode == "LAB":
-        pil = _lab_to_rgb(pil)
-    return np.asarray(pil.convert("RGB"))
-
-
-def _lab_to_rgb(pil: Image.Image) -> Image.Image:
-    # Pillow's convert("RGB") copies LAB bytes unchanged; a colour transform is needed.
-    from PIL import ImageCms
-
-    transform = ImageCms.buildTransform(
-        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
-    )
-    return ImageCms.applyTransform(pil, transform)
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
-        raise ValueError(f"an image array is HxW, HxWx1, HxWx3 or HxWx4; got shape {a.shape}")
-    if a.dtype == np.uint16:
-        a = _scale_16bit(a)
-    elif a.dtype.kind == "f":
-        a = np.nan_to_num(a.astype(np.float64))
-        a = np.clip(np.rint(a * 255.0 if a.max(initial=0.0) <= 1.0 else a), 0, 255)
-    elif a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        a = np.clip(a, 0, 255)
-    a = a.astype(np.uint8)
-    if a.ndim == 2:
-        return np.repeat(a[..., None], 3, axis=2)
-    if a.shape[2] == 4:
-        return to_rgb(Image.fromarray(a))  # RGBA: composite over white like files
-    return np.ascontiguousarray(a)
-
-
-def load_image(source: ImageInput) -> np.ndarray:
-    """A path, PIL image or numpy array -> ``HxWx3 uint8`` RGB.
-
-    Raises ``ValueError`` naming the file when Pillow cannot read it.
-    """
-    if isinstance(source, np.ndarray):
-        return _array_to_rgb(source)
-    if isinstance(source, Image.Image):
-        return to_rgb(source)
-    path = Path(source)
-    try:
-        with Image.open(path) as pil:
-            pil.load()
-            return to_rgb(pil)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        # Pillow raises UnidentifiedImageError (an OSError) for non-images,
-        # OSError / SyntaxError for truncated or corrupt files, and
-        # DecompressionBombError above Image.MAX_IMAGE_PIXELS * 2.
-        raise ValueError(f"{path}: not a readable image ({err})") from err
-
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 # --- results ----------------------------------------------------------------
 
@@ -210,8 +100,6 @@ def save_prediction(
     ``<stem>_probs.npy`` (CxHxW float32) with ``probabilities``, and ``<stem>_portrait.jpg``
     (class ``portrait`` sharp, the rest blurred) when a class is named.
     """
-    from deeplab import viz
-
     if pred.image is None:
         raise ValueError("this Prediction carries no image; make it with Segmenter.predict")
     out = Path(out_dir)
@@ -235,15 +123,6 @@ def save_prediction(
 # --- the segmenter ----------------------------------------------------------
 
 
-def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
-
-
 def _tile_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of tiles of size ``crop`` covering ``length``; the last tile ends flush."""
     if length <= crop:
@@ -262,8 +141,9 @@ class Segmenter:
     and ``flip`` (multi-scale + flip averaging), ``crop`` and ``overlap``
     (sliding window for larger inputs), ``crf`` with ``crf_options`` (keyword
     arguments of ``deeplab.crf.dense_crf``), ``output_stride`` (switch the
-    model's stride), ``device``, ``batch_size`` (images, flips and tiles per
-    forward pass).
+    model's stride), ``device`` (default: where the model's weights are),
+    ``precision`` (fp32, or bf16/fp16 autocast), ``batch_size`` (images, flips and
+    tiles per forward pass).
     """
 
     def __init__(
@@ -283,10 +163,11 @@ class Segmenter:
         crf_options: dict | None = None,
         output_stride: int | None = None,
         device: str | torch.device | None = None,
+        precision: str = "fp32",
         batch_size: int = 4,
         align_corners: bool | None = None,
     ) -> None:
-        self.device = _resolve_device(device)
+        self.device = _resolve_device(device, model)
         self.model = model.to(self.device).eval()
         num_classes = getattr(model, "num_classes", None)
         if class_names is None:
@@ -302,8 +183,8 @@ class Segmenter:
         self.palette = palette
         self.mean = torch.tensor([float(v) for v in mean]).view(1, 3, 1, 1)
         self.std = torch.tensor([float(v) for v in std]).view(1, 3, 1, 1)
-        self.input_size = _pair(input_size)
-        self.crop = _pair(crop)
+        self.input_size = None if input_size is None else as_size(input_size)
+        self.crop = None if crop is None else as_size(crop)
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap is a fraction of the crop in [0, 1); got {overlap}")
         self.overlap = overlap
@@ -316,6 +197,11 @@ class Segmenter:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.batch_size = batch_size
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
+        self.precision = precision
         # The TF release resizes with align_corners=True; follow the model's own choice.
         self.align_corners = (
             bool(getattr(model, "align_corners", False)) if align_corners is None else align_corners
@@ -333,55 +219,25 @@ class Segmenter:
             raise ValueError(f"{type(self.model).__name__} has no set_output_stride method")
         self.model.set_output_stride(output_stride)
 
-    # --- constructors -------------------------------------------------------
+    # --- constructors: a model from deeplab.hub, with its ModelInfo ---------
 
     @classmethod
-    def from_pretrained(cls, name: str | None = None, **options) -> Segmenter:
+    def from_info(cls, model: nn.Module, info: ModelInfo, **options: Any) -> Segmenter:
+        """``model`` fed and read as ``info`` says; ``options`` may override any of it."""
+        fields = dict(mean=info.mean, std=info.std, class_names=info.class_names,
+                      palette=info.palette, input_size=info.input_size)  # fmt: skip
+        return cls(model, **{**fields, **options})
+
+    @classmethod
+    def from_pretrained(cls, name: str | None = None, **options: Any) -> Segmenter:
         """A zoo model by entry name (see ``deeplab zoo``); ``None``: the default VOC one."""
-        from deeplab.models import create_model
-        from deeplab.weights import default_entry, get_entry
-
-        entry = get_entry(name) if name else default_entry()
-        model = create_model(entry.arch, pretrained=entry.name)
-        fields = dict(
-            mean=entry.mean,
-            std=entry.std,
-            class_names=entry.class_names,
-            palette=entry.palette,
-            input_size=entry.input_size,
-        )
-        return cls(model, **{**fields, **options})
+        return cls.from_info(*hub.load_pretrained(name), **options)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **options) -> Segmenter:
-        """A training checkpoint (``last.pt``/``best.pt``): model, classes and
-        normalisation come from the resolved config saved inside it."""
-        from deeplab.config import from_dict
-        from deeplab.train import load_checkpoint, normalisation
-
-        state = load_checkpoint(path)
-        if "config" not in state:
-            raise ValueError(
-                f"{path} has no 'config' entry; for a bare state_dict use "
-                "Segmenter.from_weights(path, model=NAME, num_classes=N)"
-            )
-        cfg = from_dict(state["config"])
-        model_options = dict(cfg.model.options, output_stride=cfg.model.output_stride)
-        if cfg.model.align_corners is not None:
-            model_options["align_corners"] = cfg.model.align_corners
-        names, palette = _dataset_classes(cfg.data.dataset, cfg.model.num_classes, cfg.data.root)
-        model = _build_and_load(
-            cfg.model.name,
-            state["model"],
-            num_classes=cfg.model.num_classes or (len(names) if names else None),
-            options=model_options,
-            origin=str(path),
-        )
-        if names is None or len(names) != model.num_classes:
-            names, palette = None, None
-        mean, std = normalisation(cfg)
-        fields = dict(mean=mean, std=std, class_names=names, palette=palette)
-        return cls(model, **{**fields, **options})
+    def from_checkpoint(cls, path: str | Path, **options: Any) -> Segmenter:
+        """A training checkpoint (``last.pt``/``best.pt``): it says its model, classes and
+        normalisation."""
+        return cls.from_weights(path, **options)
 
     @classmethod
     def from_weights(
@@ -392,49 +248,15 @@ class Segmenter:
         num_classes: int | None = None,
         dataset: str | None = None,
         model_options: dict | None = None,
-        **options,
+        fallback: dict | None = None,
+        **options: Any,
     ) -> Segmenter:
-        """A weight file: a training checkpoint (its config says everything), or a
-        state_dict / ``.tflite`` file for the registered ``model``.
-
-        Without ``num_classes`` the count is read from the file's classifier;
-        class names and palette come from ``dataset`` or are guessed from the count
-        (21 VOC, 19 Cityscapes, 11 CamVid, 150 ADE20K), mean/std default to ImageNet's.
-        ``model_options`` go to the builder (e.g. ``{"width_mult": 0.5}``).
-        """
-        from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} not found")
-        if path.suffix != ".tflite" and _is_training_checkpoint(path):
-            return cls.from_checkpoint(path, **options)
-        if model is None:
-            raise ValueError(
-                f"{path} is a bare weight file: say which network it fits with --model NAME "
-                "(`deeplab models` lists them)"
-            )
-        from deeplab.models import create_model
-
-        model_options = dict(model_options or {})
-        if path.suffix == ".tflite":
-            net = create_model(model, pretrained=str(path), **model_options)
-        else:
-            from deeplab.weights import read_state_dict
-
-            state = read_state_dict(path)
-            net = _build_and_load(
-                model, state, num_classes=num_classes, options=model_options, origin=str(path)
-            )
-        names, palette = _dataset_classes(dataset, net.num_classes, None)
-        if names is None or len(names) != net.num_classes:
-            names, palette = None, None
-        fields = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=names, palette=palette)
-        if path.suffix == ".tflite":
-            from deeplab.data.labels import TF_MEAN, TF_STD
-
-            fields.update(mean=TF_MEAN, std=TF_STD)
-        return cls(net, **{**fields, **options})
+        """A weight file: a training checkpoint (it says everything), or a state_dict /
+        ``.tflite`` file for the registered ``model`` (see ``deeplab.hub.load_weights``,
+        also for ``fallback``). ``model_options`` go to the builder (``{"width_mult": 0.5}``)."""
+        net, info = hub.load_weights(path, arch=model, num_classes=num_classes, dataset=dataset,
+                                     options=model_options, fallback=fallback)  # fmt: skip
+        return cls.from_info(net, info, **options)
 
     # --- preprocessing ------------------------------------------------------
 
@@ -463,7 +285,7 @@ class Segmenter:
         self, images: Sequence[ImageInput], *, probabilities: bool = False
     ) -> list[Prediction]:
         """Several images; those of equal size share forward passes of ``batch_size``."""
-        rgbs = [load_image(im) for im in images]
+        rgbs = [read_image(im) for im in images]
         results: list[Prediction | None] = [None] * len(rgbs)
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, rgb in enumerate(rgbs):
@@ -479,8 +301,6 @@ class Segmenter:
     def _finish(self, rgb: np.ndarray, probs: torch.Tensor, *, keep_probs: bool) -> Prediction:
         probs_np = probs.float().cpu().numpy()
         if self.crf:
-            from deeplab.crf import dense_crf
-
             probs_np = dense_crf(rgb, probs_np, **self.crf_options)
         labels = probs_np.argmax(0).astype(np.int64)
         return Prediction(
@@ -505,7 +325,7 @@ class Segmenter:
             for k, out in enumerate(logits):
                 if k == 1:
                     out = out.flip(-1)  # undo the flip before averaging
-                p = F.softmax(self._resize(out, size), dim=1)
+                p = F.softmax(self._resize(out.float(), size), dim=1)
                 total = p if total is None else total + p
         assert total is not None
         return total / (len(self.scales) * (2 if self.flip else 1))
@@ -514,10 +334,7 @@ class Segmenter:
         """The fixed input size scaled, kept at k * output_stride + 1 (513 -> 257 at 0.5)."""
         if self.input_size is None:
             return None
-        return (
-            round((self.input_size[0] - 1) * scale) + 1,
-            round((self.input_size[1] - 1) * scale) + 1,
-        )
+        return (scaled_size(self.input_size[0], scale), scaled_size(self.input_size[1], scale))
 
     def _scaled_size(
         self, size: torch.Size, scale: float, canvas: tuple[int, int] | None
@@ -528,9 +345,7 @@ class Segmenter:
         return (max(1, round(h * ratio)), max(1, round(w * ratio)))
 
     def _resize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == tuple(size):
-            return x
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
+        return resize(x, size, align_corners=self.align_corners)
 
     def _logits(self, x: torch.Tensor, canvas: tuple[int, int] | None) -> torch.Tensor:
         """``Nx3xHxW`` -> ``NxCxHxW`` logits, by overlapping tiles when larger than the crop."""
@@ -552,92 +367,107 @@ class Segmenter:
                 count[:, :, y : y + ch, x0 : x0 + cw] += 1
         return total / count
 
-    def _aligned(self, length: int) -> int:
-        """The size the model's feature grid fits: k * output_stride + 1 with corner-aligned
-        resizing (the TF release's 513 = 32 * 16 + 1), else a multiple of the stride. On the
-        CamVid model, 480x360 frames fed as they are scored 45.8% val mIoU, padded to
-        481x369 47.4%, the figure the training loop's validation (which pads) reports."""
-        stride = getattr(self.model, "output_stride", None)
-        if not isinstance(stride, int) or stride <= 1:
-            return length
-        if self.align_corners:
-            return math.ceil((length - 1) / stride) * stride + 1
-        return math.ceil(length / stride) * stride
-
     def _forward(self, x: torch.Tensor, canvas: tuple[int, int] | None) -> torch.Tensor:
-        """One model call; pads bottom/right to ``canvas`` with the mean pixel (0 after
-        normalisation, as the TF release pads) and crops the logits back."""
+        """One model call; pads bottom/right to ``canvas`` (default: the feature grid, k *
+        output_stride + 1) with the mean pixel (0 after normalisation, as the TF release
+        pads) and crops the logits back. On the CamVid model, 480x360 frames fed as they
+        are scored 45.8% val mIoU, padded to 481x369 47.4%."""
         h, w = x.shape[-2:]
         if canvas is None:
-            canvas = (self._aligned(h), self._aligned(w))
+            stride = getattr(self.model, "output_stride", None)
+            if isinstance(stride, int) and stride > 1:
+                canvas = (aligned_size(h, stride, align_corners=self.align_corners),
+                          aligned_size(w, stride, align_corners=self.align_corners))  # fmt: skip
+            else:
+                canvas = (h, w)
         if (h, w) != canvas:
             x = F.pad(x, (0, max(canvas[1] - w, 0), 0, max(canvas[0] - h, 0)))
-        logits = self.model(x)
+        with self._autocast():
+            logits = self.model(x)
         if logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"the model returned {logits.shape[1]} channels for {self.num_classes} classes"
             )
-        return self._resize(logits, x.shape[-2:])[:, :, :h, :w]
+        return self._resize(logits.float(), x.shape[-2:])[:, :, :h, :w]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
 
-def _is_training_checkpoint(path: Path) -> bool:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False  # not for us to judge: the state_dict reader gives the real error
-    return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "config" in obj
-
-
-def _dataset_classes(
-    dataset: str | None, num_classes: int | None, root: str | None
-) -> tuple[tuple[str, ...] | None, Palette]:
-    """Class names and palette of a dataset name, or guessed from the class count."""
-    from deeplab.data.datasets import dataset_info
-
-    guesses = {21: "voc", 19: "cityscapes", 11: "camvid", 150: "ade20k"}
-    name = dataset or guesses.get(num_classes or -1)
-    if name is None:
-        return None, None
-    try:
-        root_path = Path(root) if root and Path(root).is_dir() else None
-        info = dataset_info(name, num_classes=num_classes, root=root_path)
-    except (KeyError, ValueError):
-        return None, None
-    return info.class_names, info.palette()
-
-
-def _build_and_load(
-    arch: str,
-    state: dict[str, torch.Tensor],
+def segmenter_for(
     *,
-    num_classes: int | None,
-    options: dict,
-    origin: str,
-) -> nn.Module:
-    """The registered ``arch`` holding exactly ``state``; the class count is read from
-    the classifier when ``num_classes`` is not given."""
-    from deeplab.models import create_model
-    from deeplab.weights import load_matching
+    model: str | None = None,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    dataset: str | None = None,
+    model_options: dict | None = None,
+    **options: Any,
+) -> Segmenter:
+    """The Segmenter ``deeplab predict`` asks for: ``weights`` (a checkpoint, or a bare file
+    of the registered ``model``), else the zoo entry ``model``, else the default VOC model.
+    ``options`` are the Segmenter's test-time options."""
+    if weights:
+        return Segmenter.from_weights(weights, model=model, num_classes=num_classes,
+                                      dataset=dataset, model_options=model_options,
+                                      **options)  # fmt: skip
+    given = [flag for flag, v in (("--num-classes", num_classes), ("--dataset", dataset),
+                                  ("--model-option", model_options)) if v]  # fmt: skip
+    if given:
+        raise ValueError(f"{', '.join(given)} describe a bare --weights file; a zoo model "
+                         "brings its own classes and options")  # fmt: skip
+    zoo = [e.name for e in list_entries(kind="segmentation")]
+    if model is not None and model not in zoo:
+        raise ValueError(f"{model!r} is not a pretrained zoo entry ({', '.join(zoo)}); for an "
+                         "architecture of your own training pass its file with --weights")
+    return Segmenter.from_pretrained(model, **options)
 
-    model = create_model(arch, **options, **({"num_classes": num_classes} if num_classes else {}))
-    model.eval()
-    dropped = load_matching(model, state, origin=origin)
-    if not dropped:
-        return model
-    found = int(state[dropped[0]].shape[0])
-    if num_classes is not None:
-        raise ValueError(
-            f"{origin} was trained for {found} classes, not {num_classes}; "
-            f"pass --num-classes {found}"
-        )
-    model = create_model(arch, **options, num_classes=found)
-    load_matching(model, state, origin=origin)
-    return model
+
+def predict_files(
+    segmenter: Segmenter,
+    paths: Sequence[Path],
+    out_dir: str | Path,
+    *,
+    alpha: float = 0.5,
+    probabilities: bool = False,
+    portrait: str | None = None,
+) -> Iterator[tuple[Path, Prediction | Exception]]:
+    """Segment each file and write its outputs (``save_prediction``) into ``out_dir``.
+
+    Yields ``(path, prediction)``, or ``(path, error)`` for a file that cannot be read, so
+    that one bad file is reported and the others are still written. Two files with the
+    same name in different folders are written as ``stem`` and ``stem-2``.
+    """
+    if portrait is not None and portrait not in segmenter.class_names:
+        raise ValueError(f"--portrait {portrait!r} is not a class of this model; choose one "
+                         f"of: {', '.join(segmenter.class_names)}")  # fmt: skip
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the outputs")
+    stems: set[str] = set()
+    for path in paths:
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as err:
+            yield path, err
+            continue
+        pred = segmenter.predict(image, probabilities=probabilities)
+        stem, n = path.stem, 1
+        while stem in stems:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        stems.add(stem)
+        save_prediction(pred, out, stem, alpha=alpha, probabilities=probabilities,
+                        portrait=portrait)  # fmt: skip
+        yield path, pred
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def _resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
     if device is None:
-        return torch.device("cpu")
+        first = next(iter(model.parameters()), None)
+        return first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")

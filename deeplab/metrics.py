@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from deeplab.data.labels import IGNORE_INDEX
+from deeplab.table import text_table
 
 __all__ = ["ConfusionMatrix", "TrimapIoU", "boundary_map", "trimap_bands"]
 
@@ -97,10 +99,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrices of all processes (torch.distributed, gloo or nccl); no-op otherwise."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        self.matrix = all_reduce_sum(self.matrix)
 
     def compute(self) -> dict[str, Any]:
         """Metrics as plain Python floats (fractions in 0..1; NaN where undefined).
@@ -138,23 +137,30 @@ class ConfusionMatrix:
             names = [str(i) for i in range(self.num_classes)]
         r = self.compute()
         gt = self.matrix.sum(1).tolist()
-        width = max(12, *(len(n) for n in names))
 
         def pct(v: float) -> str:
-            return "     -" if math.isnan(v) else f"{100 * v:6.2f}"
+            return "-" if math.isnan(v) else f"{100 * v:.2f}"
 
-        lines = [f"{'class':<{width}}  {'IoU %':>6}  {'acc %':>6}  {'pixels':>12}"]
-        for name, iou, acc, n in zip(names, r["iou"], r["class_acc"], gt, strict=True):
-            lines.append(f"{name:<{width}}  {pct(iou)}  {pct(acc)}  {n:>12d}")
-        lines.append("-" * len(lines[0]))
-        for label, key in (
-            ("mean IoU", "miou"),
-            ("pixel acc", "pixel_acc"),
-            ("mean acc", "mean_class_acc"),
-            ("fw IoU", "fw_iou"),
-        ):
-            lines.append(f"{label:<{width}}  {pct(r[key])}")
+        rows = [(n, pct(iou), pct(acc), n_px)
+                for n, iou, acc, n_px in zip(names, r["iou"], r["class_acc"], gt, strict=True)]
+        summary = [("mean IoU", "miou"), ("pixel acc", "pixel_acc"),
+                   ("mean acc", "mean_class_acc"), ("fw IoU", "fw_iou")]  # fmt: skip
+        rows += [(label, pct(r[key]), "", "") for label, key in summary]
+        lines = text_table(("class", "IoU %", "acc %", "pixels"), rows, right=(1, 2, 3),
+                           rule=False).splitlines()  # fmt: skip
+        lines.insert(1 + len(names), "-" * len(lines[0]))
         return "\n".join(lines)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the processes of the default group (itself without one). NCCL
+    reduces CUDA tensors only, so a CPU tensor makes the trip through this process's GPU."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    work = t.to(on) if on is not None else t.clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(t.device)
 
 
 def _nanmean(values: torch.Tensor) -> float:

@@ -3,7 +3,7 @@
 All functions take and return numpy arrays: images are ``HxWx3 uint8`` RGB,
 label maps ``HxW`` integer class indices (255 = ignore). A palette is either a
 flat list of up to 768 values (PIL's layout), a sequence of ``(r, g, b)``
-tuples, or ``None`` for the PASCAL VOC colour map.
+tuples, or ``None`` for the PASCAL VOC colour map (``deeplab.data.labels``).
 
 The portrait effect is the synthetic shallow depth of field that DeepLab was
 announced with on phones: the chosen class stays sharp, the rest is blurred,
@@ -18,28 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from deeplab.data.labels import palette_for
-
-Palette = Sequence[int] | Sequence[tuple[int, int, int]] | None
-
-
-def palette_array(palette: Palette = None) -> np.ndarray:
-    """Any palette form -> ``256x3 uint8`` colour table; unset entries use the VOC map."""
-    if palette is None or len(palette) == 0:
-        flat = palette_for(None, 256)
-    elif isinstance(palette[0], (tuple, list, np.ndarray)):
-        flat = palette_for(tuple(tuple(int(v) for v in c) for c in palette), 256)
-    else:
-        flat = list(palette) + palette_for(None, 256)[len(palette) :]
-    table = np.asarray(flat[:768], dtype=np.int64).reshape(256, 3)
-    if table.min() < 0 or table.max() > 255:
-        raise ValueError("palette values must lie in 0..255")
-    return table.astype(np.uint8)
-
-
-def flat_palette(palette: Palette = None) -> list[int]:
-    """Any palette form -> the flat 768-value list ``Image.putpalette`` wants."""
-    return palette_array(palette).reshape(-1).tolist()
+from deeplab.data.labels import Palette, flat_palette, palette_array
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -59,9 +38,18 @@ def colorize(labels: np.ndarray, palette: Palette = None) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, labels: np.ndarray, palette: Palette = None, *, alpha: float = 0.5
+    image: np.ndarray,
+    labels: np.ndarray,
+    palette: Palette = None,
+    *,
+    alpha: float = 0.5,
+    unpainted: Sequence[int] = (),
 ) -> np.ndarray:
-    """Alpha-blend the colour label map over ``image``: ``(1-alpha)*image + alpha*colour``."""
+    """Alpha-blend the colour label map over ``image``: ``(1-alpha)*image + alpha*colour``.
+
+    Pixels labelled with a class in ``unpainted`` (e.g. ``(0,)``, the background) keep
+    the photo's own colours.
+    """
     image = np.asarray(image)
     color = colorize(labels, palette)
     if image.shape != color.shape:
@@ -69,7 +57,11 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if unpainted:
+        keep = np.isin(labels, list(unpainted))
+        out[keep] = image[keep]
+    return out
 
 
 def gaussian_blur(image: np.ndarray, radius: float) -> np.ndarray:
@@ -116,5 +108,7 @@ def index_image(labels: np.ndarray, palette: Palette = None) -> Image.Image:
 
 
 def save_index_png(labels: np.ndarray, path: str | Path, palette: Palette = None) -> None:
-    """Write ``labels`` as an index PNG: pixel values are class ids, viewers show colours."""
+    """Write ``labels`` as an index PNG: pixel values are class ids, viewers show colours.
+
+    The one writer of label maps: predictions, labelme conversions and converted masks."""
     index_image(labels, palette).save(path, format="PNG")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deeplab.models import create_model
+from deeplab.hub import create_model
 from deeplab.models.flops import count_multiply_adds, count_parameters, model_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from deeplab.inference import Prediction, Segmenter, find_images, load_image
+from deeplab.data.images import find_images, read_image
+from deeplab.inference import Prediction, Segmenter
 
 # --- tiny models -------------------------------------------------------------
 
@@ -92,13 +93,13 @@ def _roundtrip(pil: Image.Image, fmt: str, **save) -> Image.Image:
 
 
 def test_rgb_and_greyscale_modes():
-    np.testing.assert_array_equal(load_image(Image.fromarray(RGB)), RGB)
+    np.testing.assert_array_equal(read_image(Image.fromarray(RGB)), RGB)
     gray = np.array([[0, 50], [200, 255]], dtype=np.uint8)
     for pil in (Image.fromarray(gray), _roundtrip(Image.fromarray(gray), "PNG")):
         assert pil.mode == "L"
-        np.testing.assert_array_equal(load_image(pil), np.repeat(gray[..., None], 3, 2))
+        np.testing.assert_array_equal(read_image(pil), np.repeat(gray[..., None], 3, 2))
     one_bit = Image.fromarray(gray > 100).convert("1")
-    np.testing.assert_array_equal(load_image(one_bit)[..., 0], np.where(gray > 100, 255, 0))
+    np.testing.assert_array_equal(read_image(one_bit)[..., 0], np.where(gray > 100, 255, 0))
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
@@ -106,19 +107,19 @@ def test_sixteen_bit_is_scaled_not_clipped():
     pil = _roundtrip(Image.fromarray(values), "PNG")
     assert pil.mode.startswith("I;16")
     expected = np.array([[0, 1], [128, 255]], dtype=np.uint8)
-    np.testing.assert_array_equal(load_image(pil)[..., 0], expected)
-    np.testing.assert_array_equal(load_image(pil.convert("I"))[..., 1], expected)
-    np.testing.assert_array_equal(load_image(values)[..., 2], expected)  # numpy uint16 too
+    np.testing.assert_array_equal(read_image(pil)[..., 0], expected)
+    np.testing.assert_array_equal(read_image(pil.convert("I"))[..., 1], expected)
+    np.testing.assert_array_equal(read_image(values)[..., 2], expected)  # numpy uint16 too
     # 32-bit mode I holding 8-bit values is left as it is.
     small = Image.fromarray(np.array([[0, 9], [100, 255]], dtype=np.int32))
     assert small.mode == "I"
-    np.testing.assert_array_equal(load_image(small)[..., 0], [[0, 9], [100, 255]])
+    np.testing.assert_array_equal(read_image(small)[..., 0], [[0, 9], [100, 255]])
 
 
 def test_float_mode():
     pil = Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32))
     assert pil.mode == "F"
-    np.testing.assert_array_equal(load_image(pil)[..., 0], [[0, 128], [255, 64]])
+    np.testing.assert_array_equal(read_image(pil)[..., 0], [[0, 128], [255, 64]])
 
 
 def test_alpha_is_composited_over_white():
@@ -130,31 +131,31 @@ def test_alpha_is_composited_over_white():
     expected = np.array([[[255, 0, 0], [255, 255, 255]], [[127, 127, 255], [10, 20, 30]]])
     pil = _roundtrip(Image.fromarray(rgba), "PNG")
     assert pil.mode == "RGBA"
-    assert np.abs(load_image(pil).astype(int) - expected).max() <= 1
-    assert np.abs(load_image(rgba).astype(int) - expected).max() <= 1
+    assert np.abs(read_image(pil).astype(int) - expected).max() <= 1
+    assert np.abs(read_image(rgba).astype(int) - expected).max() <= 1
     la = Image.fromarray(np.array([[[100, 255], [100, 0]]], dtype=np.uint8), mode="LA")
-    np.testing.assert_array_equal(load_image(la)[0, :, 0], [100, 255])
+    np.testing.assert_array_equal(read_image(la)[0, :, 0], [100, 255])
 
 
 def test_palette_modes_with_and_without_transparency():
     pil = Image.fromarray(RGB).quantize(colors=4)
     assert pil.mode == "P"
-    np.testing.assert_array_equal(load_image(pil), RGB)
+    np.testing.assert_array_equal(read_image(pil), RGB)
     indexed = Image.fromarray(np.array([[0, 1]], dtype=np.uint8))
     indexed.putpalette([255, 0, 0, 0, 255, 0])  # index 0 red, 1 green
     transparent = _roundtrip(indexed, "PNG", transparency=0)
     assert transparent.mode == "P" and "transparency" in transparent.info
-    np.testing.assert_array_equal(load_image(transparent)[0], [[255, 255, 255], [0, 255, 0]])
+    np.testing.assert_array_equal(read_image(transparent)[0], [[255, 255, 255], [0, 255, 0]])
 
 
 def test_cmyk_and_other_colour_spaces():
     cmyk = Image.new("CMYK", (2, 1), (0, 255, 255, 0))  # no cyan, full magenta+yellow = red
-    np.testing.assert_array_equal(load_image(cmyk)[0, 0], [255, 0, 0])
+    np.testing.assert_array_equal(read_image(cmyk)[0, 0], [255, 0, 0])
     jpeg = _roundtrip(cmyk, "JPEG", quality=95)
     assert jpeg.mode == "CMYK"
-    assert np.abs(load_image(jpeg)[0, 0].astype(int) - [255, 0, 0]).max() <= 8
+    assert np.abs(read_image(jpeg)[0, 0].astype(int) - [255, 0, 0]).max() <= 8
     ycc = Image.fromarray(RGB).convert("YCbCr")
-    assert np.abs(load_image(ycc).astype(int) - RGB).max() <= 3
+    assert np.abs(read_image(ycc).astype(int) - RGB).max() <= 3
 
 
 def test_exif_rotation_is_applied():
@@ -164,7 +165,7 @@ def test_exif_rotation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6
     pil = _roundtrip(Image.fromarray(image), "JPEG", exif=exif, quality=100)
-    rgb = load_image(pil)
+    rgb = read_image(pil)
     assert rgb.shape == (4, 2, 3)
     # Orientation 6: the stored left column becomes the top row.
     assert rgb[0].mean() > 200 and rgb[-1].mean() < 50
@@ -174,15 +175,15 @@ def test_unreadable_file_is_named(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"this is not an image")
     with pytest.raises(ValueError, match="broken.png"):
-        load_image(bad)
+        read_image(bad)
     whole = tmp_path / "whole.jpg"
     Image.fromarray(_random_image(64, 64)).save(whole)
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(whole.read_bytes()[:300])
     with pytest.raises(ValueError, match="truncated.jpg"):
-        load_image(truncated)
+        read_image(truncated)
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        load_image(tmp_path / "missing.jpg")
+        read_image(tmp_path / "missing.jpg")
 
 
 def test_find_images_expands_folders(tmp_path):
@@ -417,11 +418,11 @@ def test_cli_predict_success_and_bad_portrait_class(tmp_path, tiny_zoo, capsys):
     assert "person" in capsys.readouterr().err  # the error lists the valid classes
 
 
-def test_parse_scales():
-    from deeplab.cli import _parse_scales
+def testparse_scales():
+    from deeplab.data.transforms import parse_scales
 
-    assert _parse_scales("0.5:0.25:1.75") == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-    assert _parse_scales("1,1.5") == (1.0, 1.5)
+    assert parse_scales("0.5:0.25:1.75") == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert parse_scales("1,1.5") == (1.0, 1.5)
 
 
 def test_crf_option_refines_the_model_probabilities():
@@ -440,17 +441,17 @@ def test_crf_option_refines_the_model_probabilities():
 
 
 def test_cli_crf_options_reach_the_segmenter_and_are_checked(capsys):
-    from deeplab.cli import _segmenter_options, build_parser
+    from deeplab.cli import build_parser, segmenter_options
 
     args = build_parser().parse_args(
         ["predict", "x.jpg", "--crf-option", "bilateral_srgb=5", "--crf-option", "iterations=10"]
     )
-    options = _segmenter_options(args)
+    options = segmenter_options(args)
     assert options["crf"] is True  # a CRF option implies --crf
     assert options["crf_options"] == {"bilateral_srgb": 5, "iterations": 10}
     bad = build_parser().parse_args(["predict", "x.jpg", "--crf-option", "srgb=5"])
     with pytest.raises(ValueError, match="bilateral_srgb"):
-        _segmenter_options(bad)
+        segmenter_options(bad)
 
 
 def _save_tiny_deeplab(tmp_path, num_classes: int):

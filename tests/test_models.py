@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deeplab.models import create_model, list_models
+from deeplab.hub import create_model
+from deeplab.models import list_models
 from deeplab.models.backbones import VGG16, MobileNetV2, ResNet, Xception
 from deeplab.models.layers import SingleValueBatchNorm2d, atrous_schedule, scale_rates
 
@@ -141,7 +142,7 @@ def test_v2_multi_scale_fuses_scales_by_max():
         for s in model.scales:
             size = [int((d - 1) * s + 1) for d in ODD]  # 33 -> 33, 25, 17
             xs = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=True)
-            per_scale.append(model._scores(xs, ODD))
+            per_scale.append(model.scores(xs, ODD))
     assert fused.shape == (1, NUM_CLASSES, *ODD)
     torch.testing.assert_close(fused, torch.stack(per_scale).amax(0))
     assert not torch.allclose(fused, per_scale[0])

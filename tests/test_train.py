@@ -17,16 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from deeplab.checkpoint import CheckpointError
+from deeplab.checkpoint import read as load_checkpoint
+from deeplab.checkpoint import save as save_checkpoint
 from deeplab.config import load_config
 from deeplab.train import (
     BatchStream,
-    CheckpointError,
     ShardedBatchSampler,
     build_optimizer,
     configure_batchnorm,
-    load_checkpoint,
     poly_schedule,
-    save_checkpoint,
     set_train_mode,
     train,
 )
@@ -179,7 +179,7 @@ def test_frozen_bn_keeps_running_stats_and_gets_no_gradient():
 
 def test_freeze_backbone_also_freezes_the_image_pooling_bn():
     # Real model on the meta device: only the structure matters here.
-    from deeplab.models import create_model
+    from deeplab.hub import create_model
     from deeplab.models.layers import SingleValueBatchNorm2d
 
     with torch.device("meta"):

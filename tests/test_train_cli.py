@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from deeplab.checkpoint import read as load_checkpoint
 from deeplab.cli import main
-from deeplab.train import load_checkpoint
 
 
 @pytest.fixture()

@@ -18,7 +18,8 @@ import pytest
 import torch
 from test_train import Synthetic, TinyNet, tiny_config
 
-from deeplab.train import load_checkpoint, train
+from deeplab.checkpoint import read as load_checkpoint
+from deeplab.train import train
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = TESTS / "test_train.py"

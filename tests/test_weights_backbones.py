@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deeplab.models import create_model
+from deeplab.hub import create_model
 from deeplab.models.backbones.mobilenet import MobileNetV2
 from deeplab.models.backbones.resnet import ResNet
 from deeplab.weights import get_entry, load_backbone_state_dict, read_state_dict

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 from tflite_reference import require, run_reference
 
-from deeplab.models import create_model
+from deeplab.hub import create_model
 from deeplab.weights import get_entry
-from deeplab.weights.tflite_import import dequantize, load_tflite, read_deeplab, read_ops
+from deeplab.weights.tflite_import import dequantize, read_deeplab, read_ops
 
 require("tflite", "tflite")  # the flatbuffer reader; under CI its absence is a failure
 
@@ -54,6 +54,11 @@ def tflite_path(weights_dir, name):
     if not path.is_file():
         pytest.skip(f"{path} not found")
     return path
+
+
+def load_tflite(path):
+    """The converted model, with the options read from the file."""
+    return create_model("deeplabv3_mobilenetv2", pretrained=str(path))
 
 
 def to_input(image: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from deeplab.cli import main as cli_main
 from deeplab.data.labels import VOC_CLASSES, voc_palette
-from deeplab.models import create_model, list_models
+from deeplab.hub import create_model
+from deeplab.models import list_models
 from deeplab.weights import (
     default_entry,
     default_entry_for,

@@ -20,19 +20,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from deeplab import viz
 from deeplab.data.datasets import (
-    DataError,
     DatasetInfo,
     Pair,
-    read_image,
+    build_dataset,
+    dataset_info,
+    folder_pairs,
+    read_class_names,
     read_raw_mask,
 )
+from deeplab.data.images import DataError, read_image
 from deeplab.data.labels import (
     CAMVID_PALETTE,
     CITYSCAPES_PALETTE,
     IGNORE_INDEX,
     voc_palette,
 )
+from deeplab.table import text_table
 
 RGB = tuple[int, int, int]
 
@@ -103,12 +108,11 @@ class DataReport:
             lines.append(f"  ... and {len(self.problems) - max_problems} more")
         if self.total_pixels:
             freqs, weights = self.frequencies(), self.median_frequency_weights()
-            width = max(12, *(len(n) for n in self.class_names))
-            lines.append(f"{'id':>3}  {'class':<{width}}  {'pixels %':>8}  {'weight':>8}")
-            for i, name in enumerate(self.class_names):
-                lines.append(f"{i:>3}  {name:<{width}}  {100 * freqs[i]:8.2f}  {weights[i]:8.4f}")
-            ignored = 100 * self.ignore_fraction()
-            lines.append(f"{IGNORE_INDEX:>3}  {'(ignore)':<{width}}  {ignored:8.2f}")
+            rows = [(i, name, f"{100 * freqs[i]:.2f}", f"{weights[i]:.4f}")
+                    for i, name in enumerate(self.class_names)]  # fmt: skip
+            rows.append((IGNORE_INDEX, "(ignore)", f"{100 * self.ignore_fraction():.2f}", ""))
+            lines.append(text_table(("id", "class", "pixels %", "weight"), rows,
+                                    right=(0, 2, 3)))  # fmt: skip
         return "\n".join(lines)
 
 
@@ -230,6 +234,34 @@ def check_pairs(
     return report
 
 
+def check_dataset(
+    dataset: str | None,
+    *,
+    root: str | Path | None = None,
+    split: str = "train",
+    images: str | Path | None = None,
+    masks: str | Path | None = None,
+    class_names_file: str | Path | None = None,
+    num_classes: int | None = None,
+    verify_images: bool = True,
+    convert_dir: str | Path | None = None,
+    progress: bool = False,
+) -> DataReport:
+    """``deeplab check-data``: a named dataset's split (``root``), or an ``images`` and a
+    ``masks`` folder matched by file stem, through ``check_pairs``."""
+    names = read_class_names(class_names_file) if class_names_file else None
+    if dataset is None:
+        info = dataset_info("folder", class_names=names, num_classes=num_classes,
+                            root=Path(images).parent)  # where labelme2voc puts class_names.txt
+        pairs = folder_pairs(images, masks)
+    else:
+        data = build_dataset(dataset, root=root, split=split, images=images, masks=masks,
+                             class_names=names, num_classes=num_classes)  # fmt: skip
+        info, pairs = data.info, data.pairs
+    return check_pairs(pairs, info, verify_images=verify_images, convert_dir=convert_dir,
+                       progress=progress)  # fmt: skip
+
+
 def _image_size(path: Path, verify: bool) -> tuple[int, int]:
     if verify:
         return read_image(path).shape[:2]
@@ -273,9 +305,7 @@ def _handle_rgb(
     for color, i in table.items():
         if i != IGNORE_INDEX:
             colors[i] = color  # the converted mask shows the colours it was drawn with
-    image = Image.fromarray(mask, mode="P")
-    image.putpalette([v for c in colors for v in c])
-    image.save(out)
+    viz.save_index_png(mask, out, colors)
     report.converted.append(out)
     return mask
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from deeplab.data.images import IMAGE_SUFFIXES, DataError, read_image
 from deeplab.data.labels import (
     ADE20K_CLASSES,
     CAMVID_CLASSES,
@@ -52,21 +53,11 @@ from deeplab.data.labels import (
     CITYSCAPES_PALETTE,
     IGNORE_INDEX,
     VOC_CLASSES,
-    voc_palette,
+    palette_array,
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 Pair = tuple[Path, Path]
 Transform = Callable[..., tuple]
-
-
-class DataError(ValueError):
-    """A problem with one data file; ``kind`` is one of: unreadable, missing, size, rgb, values."""
-
-    def __init__(self, kind: str, path: Path | str, message: str):
-        super().__init__(message)
-        self.kind = kind
-        self.path = Path(path)
 
 
 @dataclass(frozen=True)
@@ -89,10 +80,7 @@ class DatasetInfo:
 
     def palette(self) -> list[tuple[int, int, int]]:
         """256 RGB colours: the classes' own colours first, the VOC colour map for the rest."""
-        full = voc_palette(256)
-        if self.colors:
-            full[: len(self.colors)] = list(self.colors)
-        return full
+        return [tuple(c) for c in palette_array(self.colors).tolist()]
 
     def encode(self, raw: np.ndarray, path: Path | str = "<mask>") -> np.ndarray:
         """Raw mask values -> uint8 class ids (255 = ignore); raise if a value is out of range."""
@@ -187,6 +175,39 @@ def read_class_names(path: Path) -> list[str]:
     """One class name per line; blank lines and ``__ignore__`` are skipped."""
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
     return [n for n in lines if n and n != "__ignore__"]
+
+
+# The class count of a model says which dataset its weights were most likely trained on.
+_DATASET_BY_COUNT = {21: "voc", 19: "cityscapes", 11: "camvid", 150: "ade20k"}
+
+
+def dataset_classes(
+    dataset: str | None, num_classes: int, *, root: str | Path | None = None
+) -> tuple[tuple[str, ...], list[tuple[int, int, int]] | None]:
+    """Class names and palette for a model of ``num_classes`` classes.
+
+    ``dataset`` names them (an error if its class count differs); without it they are
+    guessed from the count (21 VOC, 19 Cityscapes, 11 CamVid, 150 ADE20K), else generic
+    names ``class_0`` ... with the VOC colours.
+    """
+    name = dataset or _DATASET_BY_COUNT.get(num_classes)
+    if name is not None:
+        folder = Path(root) if root and Path(root).is_dir() else None
+        try:
+            info = dataset_info(name, num_classes=num_classes if name == "folder" else None,
+                                root=folder)  # fmt: skip
+        except ValueError:
+            if dataset:
+                raise
+            info = None
+        if info is not None and info.num_classes == num_classes:
+            return info.class_names, info.palette()
+        if dataset:
+            raise ValueError(
+                f"dataset {dataset!r} has {info.num_classes} classes but the model predicts "
+                f"{num_classes}; name the dataset the weights were trained on, or leave it out"
+            )
+    return tuple(f"class_{i}" for i in range(num_classes)), None
 
 
 # --- finding the (image, mask) pairs of each layout ---------------------------------------
@@ -314,7 +335,8 @@ def folder_pairs(images: str | Path, masks: str | Path) -> list[Pair]:
             "images out",
         )
     if not pairs:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {images}")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise FileNotFoundError(f"no images ({suffixes}) found in {images}")
     return pairs
 
 
@@ -345,17 +367,6 @@ def _require_files(pairs: list[Pair], source: Path, *, what: str = "file") -> li
 
 
 # --- reading files -----------------------------------------------------------------------
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image as uint8 HxWx3; ``DataError`` naming the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise DataError(
-            "unreadable", path, f"cannot read image {path} ({e}); replace or remove the file"
-        ) from e
 
 
 def read_raw_mask(path: str | Path) -> np.ndarray:

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from deeplab.data.datasets import DataError
-from deeplab.data.labels import IGNORE_INDEX, palette_for
+from deeplab import viz
+from deeplab.data.images import DataError
+from deeplab.data.labels import IGNORE_INDEX
 
 IGNORE_LABEL = "__ignore__"
 # labelme's own defaults for shapes without area: lines 10 px wide, points of radius 5.
@@ -236,22 +237,6 @@ def convert_labelme_file(
     return image, labelme_to_mask(data, labels, size, source=str(json_path)), jpeg
 
 
-def save_index_png(mask: np.ndarray, path: str | Path) -> None:
-    """A uint8 class-id mask as a single-channel PNG with the VOC palette attached."""
-    image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(palette_for(None, 256))
-    image.save(path)
-
-
-def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The image with each class drawn in its VOC colour at ``alpha`` opacity."""
-    colors = np.asarray(palette_for(None, 256), dtype=np.uint8).reshape(256, 3)[mask]
-    blend = np.asarray(image, dtype=np.float32) * (1 - alpha) + colors * alpha
-    keep = mask == 0  # leave the background unpainted so the photo stays readable
-    blend[keep] = np.asarray(image)[keep]
-    return Image.fromarray(blend.round().astype(np.uint8))
-
-
 def labelme2voc(in_dir: str | Path, out_dir: str | Path, labels_file: str | Path) -> list[str]:
     """Convert every ``*.json`` in ``in_dir``; returns the converted stems."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -272,7 +257,9 @@ def labelme2voc(in_dir: str | Path, out_dir: str | Path, labels_file: str | Path
             (folders["JPEGImages"] / f"{stem}.jpg").write_bytes(jpeg)
         else:
             image.save(folders["JPEGImages"] / f"{stem}.jpg", quality=95)
-        save_index_png(mask, folders["SegmentationClass"] / f"{stem}.png")
-        overlay(image, mask).save(folders["viz"] / f"{stem}.jpg", quality=90)
+        viz.save_index_png(mask, folders["SegmentationClass"] / f"{stem}.png")
+        # Background left unpainted so the photo stays readable.
+        blend = viz.overlay(np.asarray(image), mask, alpha=0.5, unpainted=(0,))
+        Image.fromarray(blend).save(folders["viz"] / f"{stem}.jpg", quality=90)
         stems.append(stem)
     return stems

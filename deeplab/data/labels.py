@@ -7,6 +7,10 @@ as coloured images in any viewer and stay single-channel on disk.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 IGNORE_INDEX = 255
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -55,12 +59,27 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
     return palette
 
 
-def palette_for(colors: tuple[tuple[int, int, int], ...] | None, n: int) -> list[int]:
-    """A flat 768-value PIL palette: ``colors`` first, the VOC map for the rest."""
-    full = voc_palette(256)
-    if colors:
-        full[: len(colors)] = list(colors)
-    return [v for rgb in full for v in rgb]
+Palette = Sequence[int] | Sequence[tuple[int, int, int]] | None
+
+
+def palette_array(palette: Palette = None) -> np.ndarray:
+    """Any palette form -> ``256x3 uint8`` colour table; entries not given use the VOC map.
+
+    A palette is a sequence of ``(r, g, b)`` colours, a flat list of up to 768 values
+    (PIL's layout), or ``None`` for the PASCAL VOC colour map.
+    """
+    table = np.asarray(voc_palette(256), dtype=np.int64)
+    if palette is not None and len(palette):
+        given = np.asarray(palette, dtype=np.int64).reshape(-1)[:768]
+        table.reshape(-1)[: given.size] = given
+    if table.min() < 0 or table.max() > 255:
+        raise ValueError("palette values must lie in 0..255")
+    return table.astype(np.uint8)
+
+
+def flat_palette(palette: Palette = None) -> list[int]:
+    """Any palette form -> the flat 768-value list ``Image.putpalette`` wants."""
+    return palette_array(palette).reshape(-1).tolist()
 
 
 # Input normalisation, in 0-255 pixel units: x_normalised = (x - mean) / std.

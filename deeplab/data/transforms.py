@@ -32,16 +32,35 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deeplab.data.labels import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from deeplab.models.layers import aligned_size, check_output_stride
 
 Size = tuple[int, int]
 
 
-def _as_size(size: int | Sequence[int]) -> Size:
+def as_size(size: int | Sequence[int]) -> Size:
     """``513`` -> (513, 513); ``(h, w)`` -> (h, w)."""
     if isinstance(size, int):
         return (size, size)
     h, w = size
     return (int(h), int(w))
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.5:0.25:1.75"`` (start:step:stop, inclusive) or ``"0.5,1,1.5"`` -> scales."""
+    try:
+        if ":" in text:
+            start, step, stop = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            return tuple(scale_choices((start, stop), step))
+        scales = tuple(float(v) for v in text.split(",") if v.strip())
+        if not scales or min(scales) <= 0:
+            raise ValueError
+        return scales
+    except ValueError:
+        raise ValueError(
+            f"scales {text!r}: give start:step:stop (0.5:0.25:1.75) or a list (0.5,1,1.5)"
+        ) from None
 
 
 def scale_choices(scale_range: tuple[float, float], scale_step: float) -> list[float]:
@@ -151,9 +170,7 @@ class EvalTransform:
                 )
             return self.pad_to
         if self.output_stride is not None:
-            # k * OS + 1 keeps feature-map corners aligned with image corners (DeepLab-v2 sec. 4)
-            os_ = self.output_stride
-            return (-(-(h - 1) // os_) * os_ + 1, -(-(w - 1) // os_) * os_ + 1)
+            return (aligned_size(h, self.output_stride), aligned_size(w, self.output_stride))
         return (h, w)
 
     def __call__(
@@ -180,7 +197,7 @@ def train_transform(
 
     ``scale_step=0`` samples the scale uniformly in ``scale_range`` instead of on a grid.
     """
-    crop = _as_size(crop_size)
+    crop = as_size(crop_size)
     if min(crop) < 1:
         raise ValueError(f"crop_size {crop_size} must be positive")
     return TrainTransform(
@@ -203,13 +220,13 @@ def eval_transform(
     ignore_index: int = IGNORE_INDEX,
 ) -> EvalTransform:
     """No augmentation; pad to ``pad_to`` (e.g. 513) or to k * ``output_stride`` + 1 if given."""
-    if output_stride is not None and output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride {output_stride} must be one of 8, 16, 32")
+    if output_stride is not None:
+        check_output_stride(output_stride)
     return EvalTransform(
         mean=_triple(mean, "mean"),
         std=_triple(std, "std"),
         output_stride=output_stride,
-        pad_to=None if pad_to is None else _as_size(pad_to),
+        pad_to=None if pad_to is None else as_size(pad_to),
         ignore_index=ignore_index,
     )
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 from deeplab.models.backbones import VGG16, MobileNetV2, ResNet, Xception
 from deeplab.models.decoder import Decoder
 from deeplab.models.heads import ASPP, ASPPSum, DeepLabV3Head
-from deeplab.models.layers import init_weights, resize
+from deeplab.models.layers import init_weights, resize, scaled_size
 from deeplab.models.registry import register_model
 
 # ASPP-L rates at output stride 8 (DeepLab-v2, sec. 3.1).
@@ -78,16 +78,16 @@ class DeepLab(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         if self.scales == (1.0,):
-            return self._scores(x, size)
+            return self.scores(x, size)
         fused = None
         for s in self.scales:
-            # TF's scale_dimension: (dim - 1) * s + 1 keeps k * stride + 1 sizes aligned.
-            scaled = [max(1, int((d - 1) * s + 1)) for d in size]
-            scores = self._scores(resize(x, scaled, align_corners=self.align_corners), size)
+            scaled = [scaled_size(d, s) for d in size]
+            scores = self.scores(resize(x, scaled, align_corners=self.align_corners), size)
             fused = scores if fused is None else torch.maximum(fused, scores)
         return fused
 
-    def _scores(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def scores(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Class scores of one input scale, resized to ``size``."""
         features = self.backbone(x)
         y = self.head(features["out"])
         if self.decoder is not None:
@@ -160,7 +160,20 @@ def _init_class_scores(model: DeepLab) -> None:
                     nn.init.zeros_(m.bias)
 
 
-# --- DeepLab-v1 and v2 --------------------------------------------------------------
+# --- the registered variants ---------------------------------------------------------
+# Every builder takes num_classes, output_stride and align_corners; the backbone decides
+# which output strides it supports (VGG-16: 8 only, by design).
+
+
+def _resnet(
+    depth: int, version: Literal["v2", "v3", "v3+"], *, output_stride: int, beta_stem: bool,
+    multi_grid: Sequence[int] | None = None, **head,
+) -> DeepLab:  # fmt: skip
+    """A DeepLab of ``version`` on an atrous ResNet; ``head`` options go to ``_deeplab``."""
+    backbone = ResNet(
+        depth=depth, output_stride=output_stride, multi_grid=multi_grid, beta_stem=beta_stem
+    )
+    return _deeplab(backbone, version=version, **head)
 
 
 @register_model
@@ -168,184 +181,109 @@ def deeplabv1_vgg16_largefov(
     *, num_classes: int = 21, output_stride: int = 8, align_corners: bool = True
 ) -> DeepLab:
     """DeepLab-v1 LargeFOV: atrous VGG-16 (OS 8) + fc6 3x3 rate 12 (1024) + fc7 + fc8."""
-    backbone = VGG16(output_stride=output_stride)
-    return _deeplab(backbone, version="v1", num_classes=num_classes, align_corners=align_corners)
+    return _deeplab(VGG16(output_stride=output_stride), version="v1", num_classes=num_classes,
+                    align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv2_vgg16(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 8,
-    multi_scale: bool = False,
+    *, num_classes: int = 21, output_stride: int = 8, multi_scale: bool = False,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v2 VGG-16: ASPP-L, four fc6 (rate 6/12/18/24) -> fc7 -> fc8 branches, summed."""
-    return _deeplab(
-        VGG16(output_stride=output_stride),
-        version="v2",
-        num_classes=num_classes,
-        branch_channels=1024,
-        multi_scale=multi_scale,
-        align_corners=align_corners,
-    )
+    return _deeplab(VGG16(output_stride=output_stride), version="v2", num_classes=num_classes,
+                    branch_channels=1024, multi_scale=multi_scale,
+                    align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv2_resnet101(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 8,
-    multi_scale: bool = False,
-    beta_stem: bool = False,
-    align_corners: bool = True,
-) -> DeepLab:
+    *, num_classes: int = 21, output_stride: int = 8, multi_scale: bool = False,
+    beta_stem: bool = False, align_corners: bool = True,
+) -> DeepLab:  # fmt: skip
     """DeepLab-v2 ResNet-101: ASPP-L, four 3x3 convs to class scores (rates 6..24), summed."""
-    return _deeplab(
-        ResNet(depth=101, output_stride=output_stride, beta_stem=beta_stem),
-        version="v2",
-        num_classes=num_classes,
-        multi_scale=multi_scale,
-        align_corners=align_corners,
-    )
-
-
-# --- DeepLab-v3 ---------------------------------------------------------------------
+    return _resnet(101, "v2", output_stride=output_stride, beta_stem=beta_stem,
+                   num_classes=num_classes, multi_scale=multi_scale,
+                   align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3_resnet50(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    separable: bool = False,
-    beta_stem: bool = False,
-    multi_grid: tuple[int, int, int] = MULTI_GRID,
+    *, num_classes: int = 21, output_stride: int = 16, separable: bool = False,
+    beta_stem: bool = False, multi_grid: tuple[int, int, int] = MULTI_GRID,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3 ResNet-50: multi-grid block4 + ASPP (1x1, rates 6/12/18, image pooling)."""
-    backbone = ResNet(
-        depth=50, output_stride=output_stride, multi_grid=multi_grid, beta_stem=beta_stem
-    )
-    return _deeplab(
-        backbone, version="v3", num_classes=num_classes, separable=separable,
-        align_corners=align_corners,
-    )  # fmt: skip
+    return _resnet(50, "v3", output_stride=output_stride, beta_stem=beta_stem,
+                   multi_grid=multi_grid, num_classes=num_classes, separable=separable,
+                   align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3_resnet101(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    separable: bool = False,
-    beta_stem: bool = False,
-    multi_grid: tuple[int, int, int] = MULTI_GRID,
+    *, num_classes: int = 21, output_stride: int = 16, separable: bool = False,
+    beta_stem: bool = False, multi_grid: tuple[int, int, int] = MULTI_GRID,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3 ResNet-101: multi-grid block4 + ASPP (1x1, rates 6/12/18, image pooling)."""
-    backbone = ResNet(
-        depth=101, output_stride=output_stride, multi_grid=multi_grid, beta_stem=beta_stem
-    )
-    return _deeplab(
-        backbone, version="v3", num_classes=num_classes, separable=separable,
-        align_corners=align_corners,
-    )  # fmt: skip
+    return _resnet(101, "v3", output_stride=output_stride, beta_stem=beta_stem,
+                   multi_grid=multi_grid, num_classes=num_classes, separable=separable,
+                   align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3_mobilenetv2(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    width_mult: float = 1.0,
+    *, num_classes: int = 21, output_stride: int = 16, width_mult: float = 1.0,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3 MobileNetV2, model-zoo form: image pooling + 1x1 branch, no atrous
     branches, no decoder (TF release's mobilenetv2 checkpoints). The head keeps 256
     channels at every width."""
-    return _deeplab(
-        MobileNetV2(width_mult=width_mult, output_stride=output_stride),
-        version="v3",
-        num_classes=num_classes,
-        atrous_rates=(),
-        align_corners=align_corners,
-    )
-
-
-# --- DeepLab-v3+ --------------------------------------------------------------------
+    return _deeplab(MobileNetV2(width_mult=width_mult, output_stride=output_stride),
+                    version="v3", num_classes=num_classes, atrous_rates=(),
+                    align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3plus_resnet101(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    separable: bool = False,
-    beta_stem: bool = False,
-    multi_grid: tuple[int, int, int] = MULTI_GRID,
+    *, num_classes: int = 21, output_stride: int = 16, separable: bool = False,
+    beta_stem: bool = False, multi_grid: tuple[int, int, int] = MULTI_GRID,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3+ ResNet-101: v3 encoder + decoder on layer1 (stride 4) features."""
-    backbone = ResNet(
-        depth=101, output_stride=output_stride, multi_grid=multi_grid, beta_stem=beta_stem
-    )
-    return _deeplab(
-        backbone, version="v3+", num_classes=num_classes, separable=separable,
-        align_corners=align_corners,
-    )  # fmt: skip
+    return _resnet(101, "v3+", output_stride=output_stride, beta_stem=beta_stem,
+                   multi_grid=multi_grid, num_classes=num_classes, separable=separable,
+                   align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3plus_xception65(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    separable: bool = True,
+    *, num_classes: int = 21, output_stride: int = 16, separable: bool = True,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3+ Xception-65 with separable ASPP and decoder (the model-zoo configuration)."""
-    return _deeplab(
-        Xception(depth=65, output_stride=output_stride),
-        version="v3+",
-        num_classes=num_classes,
-        separable=separable,
-        align_corners=align_corners,
-    )
+    return _deeplab(Xception(depth=65, output_stride=output_stride), version="v3+",
+                    num_classes=num_classes, separable=separable,
+                    align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3plus_xception71(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    separable: bool = True,
+    *, num_classes: int = 21, output_stride: int = 16, separable: bool = True,
     align_corners: bool = True,
-) -> DeepLab:
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3+ Xception-71 (two extra entry-flow units) with separable ASPP and decoder."""
-    return _deeplab(
-        Xception(depth=71, output_stride=output_stride),
-        version="v3+",
-        num_classes=num_classes,
-        separable=separable,
-        align_corners=align_corners,
-    )
+    return _deeplab(Xception(depth=71, output_stride=output_stride), version="v3+",
+                    num_classes=num_classes, separable=separable,
+                    align_corners=align_corners)  # fmt: skip
 
 
 @register_model
 def deeplabv3plus_mobilenetv2(
-    *,
-    num_classes: int = 21,
-    output_stride: int = 16,
-    width_mult: float = 1.0,
-    separable: bool = True,
-    align_corners: bool = True,
-) -> DeepLab:
+    *, num_classes: int = 21, output_stride: int = 16, width_mult: float = 1.0,
+    separable: bool = True, align_corners: bool = True,
+) -> DeepLab:  # fmt: skip
     """DeepLab-v3+ MobileNetV2: ASPP (rates 6/12/18) + decoder on features.3 (stride 4)."""
-    return _deeplab(
-        MobileNetV2(width_mult=width_mult, output_stride=output_stride),
-        version="v3+",
-        num_classes=num_classes,
-        separable=separable,
-        align_corners=align_corners,
-    )
+    return _deeplab(MobileNetV2(width_mult=width_mult, output_stride=output_stride),
+                    version="v3+", num_classes=num_classes, separable=separable,
+                    align_corners=align_corners)  # fmt: skip

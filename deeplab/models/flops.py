@@ -19,6 +19,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from deeplab.models.registry import get_builder, list_models
+from deeplab.table import text_table
+
 
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (trainable or not); buffers such as BN statistics excluded."""
@@ -70,8 +73,6 @@ def model_table(
     Models defined at one output stride only (the VGG-16 ones: 8) are listed at
     theirs; the "OS" column shows the stride each row was counted at.
     """
-    from deeplab.models.registry import get_builder, list_models
-
     h, w = size
     rows = []
     for name in list_models():
@@ -90,17 +91,6 @@ def model_table(
             )
         )
     header = ("model", "OS", "params (M)", f"mult-adds at {h}x{w} (B)")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for i, row in enumerate([header, *rows]):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(wd) for c, wd in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-        if i == 0:
-            lines.append("  ".join("-" * wd for wd in widths))
-    lines.append(
-        f"{num_classes} classes; multiply-adds of conv and linear layers, batch 1 "
-        "(deeplab.models.flops)."
-    )
-    return "\n".join(lines)
+    footer = (f"{num_classes} classes; multiply-adds of conv and linear layers, batch 1 "
+              "(deeplab.models.flops).")  # fmt: skip
+    return text_table(header, rows, right=(1, 2, 3), footer=[footer])

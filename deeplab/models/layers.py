@@ -184,6 +184,23 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return new
 
 
+def aligned_size(length: int, output_stride: int, *, align_corners: bool = True) -> int:
+    """The smallest size >= ``length`` that the model's feature grid fits: k * OS + 1 with
+    corner-aligned resizes (513 = 32 * 16 + 1, DeepLab-v2 sec. 4; the TF release feeds
+    such sizes so feature corners sit on image corners), else a multiple of OS."""
+    if output_stride <= 1:
+        return length
+    if align_corners:
+        return -(-(length - 1) // output_stride) * output_stride + 1
+    return -(-length // output_stride) * output_stride
+
+
+def scaled_size(length: int, scale: float) -> int:
+    """``length`` at ``scale`` keeping k * OS + 1 sizes aligned: (length - 1) * s + 1
+    (TF's scale_dimension: 513 -> 257 at 0.5)."""
+    return max(1, int((length - 1) * scale + 1))
+
+
 def resize(x: torch.Tensor, size: Sequence[int], *, align_corners: bool) -> torch.Tensor:
     """Bilinear resize of [N, C, h, w] to [N, C, *size]; a no-op when sizes match."""
     if tuple(x.shape[-2:]) == tuple(size):

@@ -1,11 +1,9 @@
-"""Pretrained weights: the model zoo, download + cache, and importers.
+"""Pretrained weights: the model zoo, download + cache, and readers that turn published
+files into state_dicts. Nothing here builds a model; ``deeplab.hub`` does, then loads.
 
-    from deeplab.weights import get_entry, list_entries, default_entry
-    entry = default_entry()                       # the default PASCAL VOC model
-    model = deeplab.create_model(entry.arch, pretrained=entry.name)
-
-``tflite_import`` converts Google's DeepLab TFLite models; ``backbones`` loads
-ImageNet weights in torchvision's key layout into our backbones.
+``zoo`` names the published files; ``download`` finds, fetches and verifies them;
+``tflite_import`` reads Google's DeepLab TFLite models; ``backbones`` translates ImageNet
+weights in torchvision's key layouts into our backbones' names.
 """
 
 from deeplab.weights.backbones import (
@@ -22,15 +20,20 @@ from deeplab.weights.download import (
     sha256_of,
     weights_dirs,
 )
-from deeplab.weights.pretrained import create_pretrained, entry_path, load_matching
-from deeplab.weights.zoo import ZooEntry, default_entry, default_entry_for, get_entry, list_entries
+from deeplab.weights.zoo import (
+    ZooEntry,
+    default_entry,
+    default_entry_for,
+    entry_path,
+    get_entry,
+    list_entries,
+)
 
 __all__ = [
     "LoadReport",
     "WeightsError",
     "ZooEntry",
     "cache_dir",
-    "create_pretrained",
     "default_entry",
     "default_entry_for",
     "entry_path",
@@ -40,7 +43,6 @@ __all__ = [
     "list_entries",
     "load_backbone_state_dict",
     "load_backbone_weights",
-    "load_matching",
     "read_state_dict",
     "sha256_of",
     "weights_dirs",

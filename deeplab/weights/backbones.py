@@ -19,6 +19,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -73,23 +74,34 @@ def _short(keys: list[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state_dict from a ``torch.save`` file; unwraps {"model": ...} / {"state_dict": ...}."""
+def load_file(path: str | Path) -> Any:
+    """``torch.load`` of a weight file (tensors only, never code); one clear error line."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unpickler errors all mean "not for us"
         raise ValueError(
-            f"{path} could not be read as a PyTorch state_dict ({type(e).__name__}: {e}); "
-            "the file is corrupt or not a torch.save file: delete it and download it again"
-        ) from e
+            f"{path} is not a readable PyTorch weight file ({type(e).__name__}); it is corrupt, "
+            "truncated or another format: download or export it again"
+        ) from None
+
+
+def state_dict_of(obj: Any, origin: str) -> dict[str, torch.Tensor]:
+    """The state_dict inside a loaded file; unwraps {"model": ...} / {"state_dict": ...}."""
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict of tensors")
+        raise ValueError(f"{origin} holds a {type(obj).__name__}, not a state_dict of tensors")
     return dict(obj)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from a ``torch.save`` file (``load_file`` + ``state_dict_of``)."""
+    return state_dict_of(load_file(path), str(path))
 
 
 def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:

@@ -1,10 +1,12 @@
-"""Import Google's DeepLab-v3 MobileNetV2 TFLite models into ``deeplabv3_mobilenetv2``.
+"""Read Google's DeepLab-v3 MobileNetV2 TFLite models as a ``deeplabv3_mobilenetv2`` state_dict.
 
 The flatbuffer is read with the pure-Python ``tflite`` package (a dependency of
 ``deeplab``; no TensorFlow needed). Each CONV_2D / DEPTHWISE_CONV_2D op carries its weights and
 bias as constant tensors named after the TF-Slim scope that made them
 (``MobilenetV2/expanded_conv_3/depthwise``, ``aspp0``, ``logits/semantic``),
-so the import maps scopes to our module names, not op positions.
+so the import maps scopes to our module names, not op positions. Nothing here builds a
+model: ``model_options`` says which one the file fits, ``state_dict`` gives its weights,
+and ``deeplab.hub`` puts them into the built model.
 
 What the export did, and how it is undone:
 
@@ -22,12 +24,12 @@ What the export did, and how it is undone:
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 # TFLite's TensorType enum values (schema.fbs) we may meet in constant buffers.
 _NUMPY_TYPES = {
@@ -104,8 +106,6 @@ def _require_tflite():
 def read_ops(path: str | Path) -> list[Op]:
     """Every operator of the main subgraph of a .tflite file, constants dequantized."""
     tflite = _require_tflite()
-    from tflite.BuiltinOperator import BuiltinOperator
-
     path = Path(path)
     buf = path.read_bytes()
     try:
@@ -120,6 +120,19 @@ def read_ops(path: str | Path) -> list[Op]:
     if graph is None or n_ops == 0:
         raise ValueError(f"{path} holds no TFLite graph; delete it and download it again")
 
+    try:
+        return _read_graph(tflite, model, graph)
+    except (struct.error, IndexError, TypeError, AttributeError) as e:
+        # A truncated or damaged file decodes until an offset runs past its end.
+        raise ValueError(
+            f"{path} is a damaged TFLite file ({type(e).__name__}: {e}); the download was "
+            "probably cut short: delete it and download it again"
+        ) from None
+
+
+def _read_graph(tflite, model, graph) -> list[Op]:
+    from tflite.BuiltinOperator import BuiltinOperator
+
     op_names = {v: k for k, v in vars(BuiltinOperator).items() if not k.startswith("_")}
     tensors: dict[int, Tensor] = {}
 
@@ -131,7 +144,7 @@ def read_ops(path: str | Path) -> list[Op]:
         return tensors[i]
 
     ops = []
-    for i in range(n_ops):
+    for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
         # Newer files keep builtin codes > 127 in BuiltinCode, older ones in the deprecated field.
@@ -318,40 +331,25 @@ _HEAD: dict[str, tuple[str, str | None]] = {
 }
 
 
-def state_dict_for(model: nn.Module, graph: TFLiteDeepLab) -> dict[str, torch.Tensor]:
-    """A state_dict for ``model`` holding the graph's weights, batch norm restored as identity.
+def state_dict(graph: TFLiteDeepLab, *, bn_eps: float = 1e-5) -> dict[str, torch.Tensor]:
+    """The graph's weights under ``deeplabv3_mobilenetv2``'s names, batch norm restored as
+    identity + bias (``bn_eps``: the model's BatchNorm eps, PyTorch's default 1e-5).
 
-    Keys not produced here (``num_batches_tracked``) keep the model's values
-    when loaded with ``strict=False``; every conv and BN is checked for shape.
+    ``num_batches_tracked`` is not produced; loading checks every shape against the model.
     """
-    modules = dict(model.named_modules())
     out: dict[str, torch.Tensor] = {}
     for scope, conv in graph.convs.items():
         conv_name, bn_name = module_names(scope)
-        if conv_name not in modules:
-            raise KeyError(f"model has no module {conv_name!r} for TF scope {scope!r}")
-        target = modules[conv_name]
-        if tuple(target.weight.shape) != tuple(conv.weight.shape):
-            raise ValueError(
-                f"TF scope {scope!r} has weight {tuple(conv.weight.shape)} but {conv_name} "
-                f"expects {tuple(target.weight.shape)}; build the model with "
-                f"width_mult={graph.width_mult} num_classes={graph.num_classes}"
-            )
         out[f"{conv_name}.weight"] = conv.weight
         if bn_name is None:
             out[f"{conv_name}.bias"] = conv.bias
             continue
-        if target.bias is not None:
-            raise ValueError(f"{conv_name} has a bias but is followed by batch norm {bn_name}")
-        bn = modules[bn_name]
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            raise TypeError(f"{bn_name} is {type(bn).__name__}, expected a BatchNorm")
         # Identity BN + bias: (x - 0) / sqrt((1 - eps) + eps) * 1 + bias = x + bias.
         c = conv.bias.numel()
         out[f"{bn_name}.weight"] = torch.ones(c)
         out[f"{bn_name}.bias"] = conv.bias
         out[f"{bn_name}.running_mean"] = torch.zeros(c)
-        out[f"{bn_name}.running_var"] = torch.full((c,), 1.0 - bn.eps)
+        out[f"{bn_name}.running_var"] = torch.full((c,), 1.0 - bn_eps)
     return out
 
 
@@ -362,24 +360,3 @@ def model_options(graph: TFLiteDeepLab) -> dict:
         "output_stride": graph.output_stride,
         "num_classes": graph.num_classes,
     }
-
-
-def load_tflite(path: str | Path, *, model: nn.Module | None = None, **options) -> nn.Module:
-    """A ``deeplabv3_mobilenetv2`` holding the weights of a Google DeepLab .tflite file.
-
-    ``options`` override the builder options read from the graph (e.g.
-    ``output_stride=8`` to evaluate an OS-16 model at OS 8).
-    """
-    graph = read_deeplab(path)
-    if model is None:
-        from deeplab.models import create_model
-
-        model = create_model("deeplabv3_mobilenetv2", **{**model_options(graph), **options})
-    missing, unexpected = model.load_state_dict(state_dict_for(model, graph), strict=False)
-    leftover = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if leftover or unexpected:
-        raise RuntimeError(
-            f"{path}: the graph does not cover the model; not loaded: {leftover[:8]}, "
-            f"unexpected: {unexpected[:8]}"
-        )
-    return model

@@ -8,12 +8,13 @@ pixel units, class names, palette).
 Google's DeepLab-v3 MobileNetV2 PASCAL VOC models are published as TFLite
 flatbuffers (TensorFlow DeepLab model zoo, "mobilenetv2_coco_voc_trainaug" and
 "mobilenetv2_dm05_coco_voc_trainaug"); ``deeplab.weights.tflite_import``
-converts them into the registered ``deeplabv3_mobilenetv2`` model.
+reads them as state_dicts of the registered ``deeplabv3_mobilenetv2`` model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from deeplab.data.labels import (
@@ -24,6 +25,8 @@ from deeplab.data.labels import (
     VOC_CLASSES,
     voc_palette,
 )
+from deeplab.table import text_table
+from deeplab.weights.download import cache_dir, fetch, find_local
 
 CORAL_TEST_DATA = "https://github.com/google-coral/test_data/raw/master"
 TFLITE_HOSTED = "https://storage.googleapis.com/download.tensorflow.org/models/tflite/gpu"
@@ -64,67 +67,49 @@ class ZooEntry:
 
 _VOC_PALETTE = tuple(voc_palette(len(VOC_CLASSES)))
 
+
+def _google_voc(
+    name: str, url: str, sha256: str, *, width: float, output_stride: int, size: int,
+    quantized: bool, **fields,
+) -> ZooEntry:  # fmt: skip
+    """One of Google's DeepLab-v3 MobileNetV2 PASCAL VOC TFLite files."""
+    return ZooEntry(
+        name=name, arch="deeplabv3_mobilenetv2", url=url, sha256=sha256,
+        file_name=f"{name}.tflite", format="tflite",
+        options=MappingProxyType(
+            {"width_mult": width, "output_stride": output_stride, "num_classes": 21}
+        ),
+        num_classes=21, class_names=VOC_CLASSES, palette=_VOC_PALETTE,
+        # The 8-bit graphs' input is uint8 with scale 1/128 and zero point 128, so their
+        # weights see x/128 - 1; TF's float models use x/127.5 - 1.
+        mean=(128.0,) * 3 if quantized else TF_MEAN, std=(128.0,) * 3 if quantized else TF_STD,
+        input_size=(size, size), output_stride=output_stride, license="Apache-2.0", **fields,
+    )  # fmt: skip
+
+
 _ENTRIES: tuple[ZooEntry, ...] = (
-    ZooEntry(
-        name="deeplabv3_mnv2_pascal_quant",
-        arch="deeplabv3_mobilenetv2",
-        options=MappingProxyType({"width_mult": 1.0, "output_stride": 16, "num_classes": 21}),
-        url=f"{CORAL_TEST_DATA}/deeplabv3_mnv2_pascal_quant.tflite",
-        sha256="350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398",
-        file_name="deeplabv3_mnv2_pascal_quant.tflite",
-        format="tflite",
-        num_classes=21,
-        class_names=VOC_CLASSES,
-        palette=_VOC_PALETTE,
-        # The 8-bit graph's input is uint8 with scale 1/128 and zero point 128,
-        # so its weights see x/128 - 1 (TF's float models use x/127.5 - 1).
-        mean=(128.0, 128.0, 128.0),
-        std=(128.0, 128.0, 128.0),
-        input_size=(513, 513),
-        output_stride=16,
-        default=True,
+    _google_voc(
+        "deeplabv3_mnv2_pascal_quant", f"{CORAL_TEST_DATA}/deeplabv3_mnv2_pascal_quant.tflite",
+        "350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398",
+        width=1.0, output_stride=16, size=513, quantized=True, default=True,
         description="DeepLab-v3 MobileNetV2 width 1.0, VOC, 8-bit weights dequantized; "
         "zoo mIoU 74.26 (8-bit), 75.32 (float)",
-        license="Apache-2.0",
-    ),
-    ZooEntry(
-        name="deeplabv3_mnv2_dm05_pascal_quant",
-        arch="deeplabv3_mobilenetv2",
-        options=MappingProxyType({"width_mult": 0.5, "output_stride": 16, "num_classes": 21}),
-        url=f"{CORAL_TEST_DATA}/deeplabv3_mnv2_dm05_pascal_quant.tflite",
-        sha256="0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861366d48b",
-        file_name="deeplabv3_mnv2_dm05_pascal_quant.tflite",
-        format="tflite",
-        num_classes=21,
-        class_names=VOC_CLASSES,
-        palette=_VOC_PALETTE,
-        mean=(128.0, 128.0, 128.0),
-        std=(128.0, 128.0, 128.0),
-        input_size=(513, 513),
-        output_stride=16,
+    ),  # fmt: skip
+    _google_voc(
+        "deeplabv3_mnv2_dm05_pascal_quant",
+        f"{CORAL_TEST_DATA}/deeplabv3_mnv2_dm05_pascal_quant.tflite",
+        "0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861366d48b",
+        width=0.5, output_stride=16, size=513, quantized=True,
         description="DeepLab-v3 MobileNetV2 width 0.5, VOC, 8-bit weights dequantized; "
         "zoo mIoU 69.65 (8-bit), 70.19 (float)",
-        license="Apache-2.0",
-    ),
-    ZooEntry(
-        name="deeplabv3_257_mv_gpu",
-        arch="deeplabv3_mobilenetv2",
-        options=MappingProxyType({"width_mult": 0.5, "output_stride": 8, "num_classes": 21}),
-        url=f"{TFLITE_HOSTED}/deeplabv3_257_mv_gpu.tflite",
-        sha256="68a539782c2c6a72f8aac3724600124a85ed977162b44e84cbae5db717c933c6",
-        file_name="deeplabv3_257_mv_gpu.tflite",
-        format="tflite",
-        num_classes=21,
-        class_names=VOC_CLASSES,
-        palette=_VOC_PALETTE,
-        mean=TF_MEAN,
-        std=TF_STD,
-        input_size=(257, 257),
-        output_stride=8,
+    ),  # fmt: skip
+    _google_voc(
+        "deeplabv3_257_mv_gpu", f"{TFLITE_HOSTED}/deeplabv3_257_mv_gpu.tflite",
+        "68a539782c2c6a72f8aac3724600124a85ed977162b44e84cbae5db717c933c6",
+        width=0.5, output_stride=8, size=257, quantized=False,
         description="DeepLab-v3 MobileNetV2 width 0.5, VOC, float32, small 257x257 input "
         "(TensorFlow Lite hosted model)",
-        license="Apache-2.0",
-    ),
+    ),  # fmt: skip
     ZooEntry(
         name="mobilenet_v2_imagenet",
         arch="deeplabv3plus_mobilenetv2",
@@ -189,11 +174,16 @@ def _same_backbone(arch_a: str, arch_b: str) -> bool:
     return arch_a.rsplit("_", 1)[-1] == arch_b.rsplit("_", 1)[-1]
 
 
+def entry_path(entry: ZooEntry, *, progress: bool = True) -> Path:
+    """Local, verified path of an entry's weight file (downloading it if needed)."""
+    return fetch(
+        entry.url, entry.file_name, entry.sha256, archive_member=entry.archive_member,
+        archive_sha256=entry.archive_sha256, progress=progress,
+    )  # fmt: skip
+
+
 def zoo_table() -> str:
     """A text table of the zoo: name, arch, classes, input size, OS, file and where it is."""
-    from deeplab.weights.download import cache_dir, find_local
-
-    header = ("name", "arch", "classes", "input", "OS", "file", "status")
     rows = []
     for e in _ENTRIES:
         local = find_local(e.file_name)
@@ -203,22 +193,16 @@ def zoo_table() -> str:
             status = "cached"
         else:
             status = f"local ({local.parent})"
-        rows.append(
-            (
-                e.name + (" *" if e.default else ""),
-                e.arch if e.kind == "segmentation" else f"{e.arch} (backbone)",
-                str(e.num_classes or "-"),
-                "x".join(map(str, e.input_size)) if e.input_size else "-",
-                str(e.output_stride or "-"),
-                e.file_name,
-                status,
-            )
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("* default model of `deeplab predict`; set DEEPLAB_WEIGHTS_DIR to use local files")
-    return "\n".join(lines)
+        rows.append((
+            e.name + (" *" if e.default else ""),
+            e.arch if e.kind == "segmentation" else f"{e.arch} (backbone)",
+            e.num_classes or "-",
+            "x".join(map(str, e.input_size)) if e.input_size else "-",
+            e.output_stride or "-",
+            e.file_name,
+            status,
+        ))  # fmt: skip
+    return text_table(
+        ("name", "arch", "classes", "input", "OS", "file", "status"), rows,
+        footer=["* default model of `deeplab predict`; set DEEPLAB_WEIGHTS_DIR to use local files"],
+    )  # fmt: skip

@@ -1,0 +1,287 @@
+"""A ready model from a name or a file: build the registered network, then load weights.
+
+The order is timm's: ``deeplab.models`` builds a freshly initialised network from its
+registered name and options, and only then are weights put into it, so ``models`` and
+``weights`` never import each other. Sources of weights:
+
+- a zoo entry name (``deeplab zoo`` lists them), or ``True`` for the architecture's entry:
+  fetched from ``DEEPLAB_WEIGHTS_DIR``, the cache or the public URL, SHA-256 checked;
+- a ``.tflite`` file of Google's DeepLab-v3 MobileNetV2: its options (width, output
+  stride, classes) are read from the file before the model is built;
+- a ``torch.save`` state_dict (``.pt``/``.pth``) of the whole DeepLab, or of an ImageNet
+  backbone in torchvision's layout (``model.backbone`` only);
+- a training checkpoint (``last.pt``/``best.pt``), which says its own architecture.
+
+Asking for a different ``num_classes`` than the weights have keeps every weight but the
+classifier and logs the tensors left at their fresh initialisation (fine-tuning 21 -> 11
+classes). ``load_pretrained`` / ``load_weights`` also return the ``ModelInfo`` (class
+names, palette, mean/std, input size) that prediction, export and serving need.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from deeplab.checkpoint import ModelInfo, info_of, is_checkpoint, model_from_checkpoint
+from deeplab.data.datasets import dataset_classes
+from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
+from deeplab.models import build_model
+from deeplab.weights import (
+    ZooEntry,
+    default_entry,
+    default_entry_for,
+    entry_path,
+    get_entry,
+    list_entries,
+    load_backbone_state_dict,
+)
+from deeplab.weights import tflite_import as tflite
+from deeplab.weights.backbones import load_file, state_dict_of
+
+log = logging.getLogger(__name__)
+
+Pretrained = str | Path | bool | None
+
+
+def create_model(name: str, *, pretrained: Pretrained = None, **options: Any) -> nn.Module:
+    """Build the registered model ``name`` with keyword ``options`` and load ``pretrained``.
+
+    Options the weights fix (classes, width) are filled from them; the caller may change
+    ``num_classes`` (fine-tuning) and ``output_stride`` / ``align_corners`` (evaluation).
+    """
+    if not pretrained:
+        return build_model(name, **options)
+    entry, path = _resolve(name, pretrained)
+    if entry is not None:
+        if entry.kind == "segmentation" and entry.arch != name:
+            raise ValueError(
+                f"zoo entry {entry.name!r} holds weights for {entry.arch!r}, not {name!r}: "
+                f"use create_model({entry.arch!r}, pretrained={entry.name!r})"
+            )
+        options = {**dict(entry.options), **options}
+        path = entry_path(entry)
+    if path.suffix == ".tflite":
+        return _from_tflite(name, path, options)
+    obj = load_file(path)
+    state = state_dict_of(obj, str(path))
+    model = build_model(name, **options)
+    if entry is not None:
+        is_backbone = entry.kind == "backbone"
+    else:  # a whole DeepLab's keys start with its parts' names
+        is_backbone = not any(k.startswith("backbone.") for k in state)
+    if is_backbone:
+        report = load_backbone_state_dict(model.backbone, state)
+        log.info("%s -> %s.backbone: %s", path.name, name, str(report).splitlines()[0])
+    else:
+        load_matching(model, state, origin=str(path))
+    return model
+
+
+def _resolve(arch: str, pretrained: str | Path | bool) -> tuple[ZooEntry | None, Path | None]:
+    """(zoo entry, None) or (None, file path) for a ``pretrained`` argument."""
+    if pretrained is True:
+        return default_entry_for(arch), None
+    if isinstance(pretrained, str) and pretrained in {e.name for e in list_entries()}:
+        return get_entry(pretrained), None
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return None, path
+    raise ValueError(
+        f"pretrained={pretrained!r} is neither a zoo entry nor an existing file; "
+        f"zoo entries: {', '.join(e.name for e in list_entries())} (see `deeplab zoo`)"
+    )
+
+
+def _from_tflite(arch: str, path: Path, options: dict[str, Any]) -> nn.Module:
+    graph = tflite.read_deeplab(path)
+    if arch != "deeplabv3_mobilenetv2":
+        raise ValueError(
+            f"{path} is a DeepLab-v3 MobileNetV2 TFLite model; load it with "
+            f"create_model('deeplabv3_mobilenetv2', pretrained={str(path)!r})"
+        )
+    model = build_model(arch, **{**tflite.model_options(graph), **options})
+    load_matching(model, tflite.state_dict(graph), origin=str(path))
+    return model
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], *, origin: str) -> list[str]:
+    """Load ``state`` into ``model``, dropping only the classifier when the class count differs.
+
+    Returns the dropped keys. Raises ``ValueError`` for any other missing, unexpected or
+    mis-shaped tensor, naming ``origin``.
+    """
+    own = model.state_dict()
+    classifier = _classifier_keys(model)
+    dropped, bad_shape, to_load = [], [], {}
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            (dropped if key in classifier else bad_shape).append(key)
+        else:
+            to_load[key] = value
+    unexpected = [k for k in to_load if k not in own]
+    missing = [k for k in own if k not in to_load and k not in dropped
+               and not k.endswith("num_batches_tracked")]  # fmt: skip
+    if bad_shape or unexpected or missing:
+        details = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad_shape]
+        raise ValueError(
+            f"weights in {origin} do not fit {type(model).__name__}: "
+            f"shape mismatches {details[:6]}, unexpected {unexpected[:6]}, missing {missing[:6]}; "
+            "check the model name and its options (width_mult; output_stride does not matter)"
+        )
+    model.load_state_dict(to_load, strict=False)
+    if dropped:
+        log.warning(
+            "%s: kept every weight except the classifier, whose class count differs "
+            "(%d in the model); freshly initialised: %s",
+            origin, getattr(model, "num_classes", -1), ", ".join(dropped),
+        )  # fmt: skip
+    return dropped
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    """Parameter names of every conv that outputs the class scores (several in v2's ASPP-L)."""
+    num_classes = getattr(model, "num_classes", None)
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.out_channels == num_classes:
+            keys.update(f"{name}.{p}" for p, _ in module.named_parameters(recurse=False))
+    return keys
+
+
+# --- ready models with their ModelInfo ----------------------------------------------------
+
+
+def entry_info(entry: ZooEntry, **options: Any) -> ModelInfo:
+    """The ``ModelInfo`` of a segmentation zoo entry (with builder ``options`` applied)."""
+    return ModelInfo(
+        arch=entry.arch, options={**dict(entry.options), **options},
+        class_names=entry.class_names, mean=entry.mean, std=entry.std, palette=entry.palette,
+        input_size=entry.input_size, extra={"zoo_entry": entry.name},
+    )  # fmt: skip
+
+
+def load_pretrained(name: str | None = None, **options: Any) -> tuple[nn.Module, ModelInfo]:
+    """A zoo model by entry name (``None``: the default VOC model), in eval mode."""
+    entry = get_entry(name) if name else default_entry()
+    if entry.kind != "segmentation":
+        segmentation = ", ".join(e.name for e in list_entries(kind="segmentation"))
+        raise ValueError(
+            f"{entry.name!r} holds ImageNet backbone weights, not a segmentation model; "
+            f"choose one of: {segmentation}"
+        )
+    model = create_model(entry.arch, pretrained=entry.name, **options)
+    return model.eval(), entry_info(entry, **options)
+
+
+def load_weights(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    dataset: str | None = None,
+    options: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None,
+) -> tuple[nn.Module, ModelInfo]:
+    """A model from a weight file, in eval mode, and its ``ModelInfo``.
+
+    A training checkpoint says everything itself (``arch``/``num_classes``/``dataset``
+    that contradict it are an error). A bare state_dict or ``.tflite`` file needs ``arch``;
+    its class count is read from the classifier unless ``num_classes`` is given; class
+    names come from ``dataset`` or are guessed from the count; mean/std are ImageNet's.
+    ``fallback`` (keys arch, num_classes, dataset, options, mean, std) fills what a bare
+    file does not say and the caller did not ask for, e.g. from a training config.
+    """
+    path = Path(path)
+    fallback = dict(fallback or {})
+    options = dict(options or {})
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix == ".tflite":
+        graph = tflite.read_deeplab(path)
+        model = create_model(arch or "deeplabv3_mobilenetv2", pretrained=str(path), **options)
+        names, palette = dataset_classes(dataset, model.num_classes)
+        info = ModelInfo(
+            arch=arch or "deeplabv3_mobilenetv2",
+            options={**tflite.model_options(graph), **options, "num_classes": model.num_classes},
+            class_names=names, palette=None if palette is None else tuple(palette),
+            mean=(graph.input_mean,) * 3, std=(graph.input_std,) * 3,
+            input_size=graph.input_size,
+        )  # fmt: skip
+        return model.eval(), info
+    obj = load_file(path)
+    if is_checkpoint(obj):
+        _check_agrees(path, info_of(obj), arch=arch, num_classes=num_classes, dataset=dataset)
+        keep = {k: v for k, v in options.items() if k in ("output_stride", "align_corners")}
+        return model_from_checkpoint(path, **keep)
+    arch = arch or fallback.get("arch")
+    num_classes = num_classes or fallback.get("num_classes")
+    dataset = dataset or fallback.get("dataset")
+    options = options or dict(fallback.get("options") or {})
+    if arch is None:
+        raise ValueError(
+            f"{path} is a bare weight file: say which network it fits with --model NAME "
+            "(`deeplab models` lists them)"
+        )
+    state = state_dict_of(obj, str(path))
+    model = _build_and_load(arch, state, num_classes=num_classes, options=options,
+                            origin=str(path))  # fmt: skip
+    names, palette = dataset_classes(dataset, model.num_classes)
+    info = ModelInfo(
+        arch=arch, options={**options, "num_classes": model.num_classes}, class_names=names,
+        palette=None if palette is None else tuple(palette),
+        mean=tuple(fallback.get("mean") or IMAGENET_MEAN),
+        std=tuple(fallback.get("std") or IMAGENET_STD),
+    )  # fmt: skip
+    return model.eval(), info
+
+
+def _check_agrees(path: Path, info: ModelInfo, *, arch, num_classes, dataset) -> None:
+    """A checkpoint carries its own model: options that contradict it are refused."""
+    conflicts = []
+    if arch is not None and arch != info.arch:
+        conflicts.append(f"--model {arch} (it holds {info.arch})")
+    if num_classes is not None and num_classes != info.num_classes:
+        conflicts.append(f"--num-classes {num_classes} (it has {info.num_classes})")
+    if dataset is not None:
+        names, _ = dataset_classes(dataset, info.num_classes)
+        if tuple(names) != tuple(info.class_names):
+            conflicts.append(f"--dataset {dataset} (its classes: {', '.join(info.class_names)})")
+    if conflicts:
+        raise ValueError(
+            f"{path} is a training checkpoint and says its own model; drop "
+            + "; ".join(conflicts)
+        )
+
+
+def _build_and_load(
+    arch: str, state: dict[str, torch.Tensor], *, num_classes: int | None, options: dict,
+    origin: str,
+) -> nn.Module:  # fmt: skip
+    """The registered ``arch`` holding exactly ``state``; the class count is read from the
+    classifier when ``num_classes`` is not given."""
+    with torch.device("meta"):  # shapes only: which tensors score the classes
+        probe = build_model(arch, **options)
+    scores = sorted(k for k in _classifier_keys(probe) if k.endswith("weight") and k in state)
+    found = int(state[scores[0]].shape[0]) if scores else None
+    if num_classes is not None and found is not None and found != num_classes:
+        raise ValueError(
+            f"{origin} was trained for {found} classes, not {num_classes}; "
+            f"pass --num-classes {found}"
+        )
+    count = num_classes or found
+    model = build_model(arch, **options, **({"num_classes": count} if count else {}))
+    load_matching(model, state, origin=origin)
+    return model
+
+
+def save_entry(name: str, out: str | Path) -> ZooEntry:
+    """Convert a zoo entry and save its model as a plain PyTorch state_dict at ``out``."""
+    entry = get_entry(name)
+    model = create_model(entry.arch, pretrained=entry.name)
+    torch.save(model.state_dict(), out)
+    return entry
