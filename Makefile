@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install test lint demo bench
+.PHONY: install test test-fast lint demo bench
 
 install:
 	@command -v c++ >/dev/null || { echo "make install: no C++ compiler; the test extra builds pydensecrf2 from source: apt-get install g++ python3-dev"; exit 1; }
@@ -11,6 +11,11 @@ install:
 test: install
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -q
+
+# The quick loop while editing: everything but the tests marked slow (big backbones,
+# several processes, real-data parity); `make test` (and CI) runs them all.
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check .

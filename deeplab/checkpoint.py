@@ -67,36 +67,31 @@ class ModelInfo:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        palette = data.get("palette")
-        size = data.get("input_size")
-        return cls(
-            arch=str(data["arch"]),
-            options=dict(data["options"]),
-            class_names=tuple(data["class_names"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-            palette=None if palette is None else tuple(tuple(int(v) for v in c) for c in palette),
-            input_size=None if size is None else (int(size[0]), int(size[1])),
-            extra=dict(data.get("extra") or {}),
-        )
-
 
 def describe(
     cfg_dict: dict[str, Any],
     *,
     num_classes: int,
+    model: nn.Module | None = None,
     class_names: tuple[str, ...] | None = None,
     palette: list[tuple[int, int, int]] | None = None,
 ) -> ModelInfo:
-    """The ``ModelInfo`` of a model built from a training config (as ``to_dict`` gives it);
-    class names from the training set when given, else from the config's dataset."""
+    """The ``ModelInfo`` of a model trained with a config (as ``to_dict`` gives it).
+
+    Architecture and options come from ``model.build_spec`` when the model has one (it
+    holds what a zoo entry added, such as a width), else from the config; class names from
+    the training set when given, else from the config's dataset.
+    """
     cfg = from_dict(cfg_dict)
     m = cfg.model
-    options = dict(m.options, num_classes=num_classes, output_stride=m.output_stride)
-    if m.align_corners is not None:
-        options["align_corners"] = m.align_corners
+    spec = getattr(model, "build_spec", None)
+    if spec is not None:
+        arch, options = spec["arch"], dict(spec["options"])
+    else:
+        arch, options = m.name, dict(m.options, output_stride=m.output_stride)
+        if m.align_corners is not None:
+            options["align_corners"] = m.align_corners
+    options["num_classes"] = num_classes
     if class_names is None or len(class_names) != num_classes:
         try:
             class_names, palette = dataset_classes(cfg.data.dataset, num_classes,
@@ -105,7 +100,7 @@ def describe(
             class_names, palette = dataset_classes(None, num_classes)
     mean, std = normalisation(cfg)
     return ModelInfo(
-        arch=m.name, options=options, class_names=tuple(class_names),
+        arch=arch, options=options, class_names=tuple(class_names),
         mean=tuple(mean), std=tuple(std),
         palette=None if palette is None else tuple(tuple(int(v) for v in c) for c in palette),
     )  # fmt: skip
@@ -152,39 +147,39 @@ def is_checkpoint(obj: Any) -> bool:
 
 
 def info_of(state: dict[str, Any]) -> ModelInfo:
-    """The checkpoint's ``ModelInfo``; older files are described from their config."""
+    """The checkpoint's ``ModelInfo``; older files are described from their config (whose
+    class count training always resolved before saving)."""
     if "info" in state:
-        return ModelInfo.from_dict(state["info"])
-    weights = state["model"]
-    cfg = from_dict(state["config"])
-    num_classes = cfg.model.num_classes or _classes_in(weights)
-    return describe(state["config"], num_classes=num_classes)
-
-
-def _classes_in(weights: dict[str, torch.Tensor]) -> int:
-    # The last conv whose name says it scores classes (v3 head, v3+ decoder).
-    for key in ("decoder.classifier.bias", "head.classifier.bias", "head.classifier.weight"):
-        if key in weights:
-            return int(weights[key].shape[0])
-    raise CheckpointError("the checkpoint's config does not say its class count")
+        return ModelInfo(**state["info"])
+    return describe(state["config"], num_classes=from_dict(state["config"]).model.num_classes)
 
 
 def model_from_checkpoint(path: str | Path, **options: Any) -> tuple[nn.Module, ModelInfo]:
-    """The model a checkpoint holds, in eval mode, and its ``ModelInfo``.
+    """The model a checkpoint file holds, in eval mode, and its ``ModelInfo``.
 
     ``options`` override builder options that do not change the weights' shapes
     (``output_stride``, ``align_corners``).
     """
-    state = read(path)
+    return model_from_state(read(path), origin=str(path), **options)
+
+
+def model_from_state(
+    state: dict[str, Any], *, origin: str, **options: Any
+) -> tuple[nn.Module, ModelInfo]:
+    """``model_from_checkpoint`` for a checkpoint already loaded (``origin`` names it)."""
     info = info_of(state)
     model = build_model(info.arch, **{**info.options, **options})
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if missing or unexpected:
+    own, weights = model.state_dict(), state["model"]
+    wrong = [k for k in weights if k in own and own[k].shape != weights[k].shape]
+    missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in weights if k not in own]
+    if wrong or missing or unexpected:
         raise CheckpointError(
-            f"{path}: its weights do not fit {info.arch} with {info.options} (missing "
-            f"{missing[:4]}, unexpected {unexpected[:4]}); the file was changed after training"
+            f"{origin}: its weights do not fit {info.arch} with {info.options} (shapes differ: "
+            f"{wrong[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]}); the file does "
+            "not describe its model correctly: pass it as a bare state_dict with --model"
         )
+    model.load_state_dict(weights, strict=False)
     return model.eval(), info
 
 
@@ -228,18 +223,16 @@ def best_state(
 
 
 def resume_state(path: str | Path) -> tuple[dict[str, Any], str | None]:
-    """(checkpoint, note): ``last.pt`` resumes exactly (note None); ``best.pt`` holds weights
-    only, so training restarts from its weights and step with a fresh optimizer state and
-    data order, and the note says so."""
+    """(checkpoint, note): ``last.pt`` resumes exactly (no note); ``best.pt`` holds weights
+    only, and the note says what resuming from it means."""
     state = read(path)
     if "optimizer" in state:
         return state, None
-    note = (
+    return state, (
         f"{path} holds weights only (no optimizer, data position or RNG states): training "
         f"continues from its weights at step {state.get('step', 0)} with fresh momentum and "
         "a new data order; for an exact resume use last.pt"
     )
-    return state, note
 
 
 def restore_training(

@@ -1,21 +1,13 @@
 """A ready model from a name or a file: build the registered network, then load weights.
 
-The order is timm's: ``deeplab.models`` builds a freshly initialised network from its
-registered name and options, and only then are weights put into it, so ``models`` and
-``weights`` never import each other. Sources of weights:
-
-- a zoo entry name (``deeplab zoo`` lists them), or ``True`` for the architecture's entry:
-  fetched from ``DEEPLAB_WEIGHTS_DIR``, the cache or the public URL, SHA-256 checked;
-- a ``.tflite`` file of Google's DeepLab-v3 MobileNetV2: its options (width, output
-  stride, classes) are read from the file before the model is built;
-- a ``torch.save`` state_dict (``.pt``/``.pth``) of the whole DeepLab, or of an ImageNet
-  backbone in torchvision's layout (``model.backbone`` only);
-- a training checkpoint (``last.pt``/``best.pt``), which says its own architecture.
-
-Asking for a different ``num_classes`` than the weights have keeps every weight but the
-classifier and logs the tensors left at their fresh initialisation (fine-tuning 21 -> 11
-classes). ``load_pretrained`` / ``load_weights`` also return the ``ModelInfo`` (class
-names, palette, mean/std, input size) that prediction, export and serving need.
+The order is timm's: ``models`` builds a freshly initialised network, then weights go
+into it, so ``models`` and ``weights`` never import each other. Weights come from a zoo
+entry (``deeplab zoo``; ``True``: the architecture's entry), Google's DeepLab ``.tflite``
+files (options read from the file first), a ``torch.save`` state_dict of a whole DeepLab
+or of an ImageNet backbone, or a training checkpoint (it says its own architecture). A
+different ``num_classes`` keeps every weight but the classifier and logs what was left
+fresh (fine-tuning 21 -> 11 classes). ``load_pretrained``/``load_weights`` also return the
+``ModelInfo`` (class names, palette, mean/std, input size) prediction and export need.
 """
 
 from __future__ import annotations
@@ -27,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from deeplab.checkpoint import ModelInfo, info_of, is_checkpoint, model_from_checkpoint
+from deeplab.checkpoint import ModelInfo, info_of, is_checkpoint, model_from_state
 from deeplab.data.datasets import dataset_classes
 from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.models import build_model
@@ -217,7 +209,7 @@ def load_weights(
     if is_checkpoint(obj):
         _check_agrees(path, info_of(obj), arch=arch, num_classes=num_classes, dataset=dataset)
         keep = {k: v for k, v in options.items() if k in ("output_stride", "align_corners")}
-        return model_from_checkpoint(path, **keep)
+        return model_from_state(obj, origin=str(path), **keep)
     arch = arch or fallback.get("arch")
     num_classes = num_classes or fallback.get("num_classes")
     dataset = dataset or fallback.get("dataset")

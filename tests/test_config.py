@@ -89,3 +89,10 @@ def test_recipes_hold_paper_settings():
     city = load_config(CONFIGS / "cityscapes_v3plus_xception65.yaml")
     assert (city.data.crop_size, city.optim.lr, city.train.batch_size) == ([769, 769], 0.01, 8)
     assert voc.data.root is None  # no dataset path is assumed
+
+
+def test_exponent_without_a_dot_is_a_float():
+    # YAML 1.1 reads "1e-6" as a string; a float setting takes it as the number.
+    assert load_config(None, ["optim.lr=1e-6"]).optim.lr == 1e-6
+    with pytest.raises(ConfigError, match="should be float"):
+        load_config(None, ["optim.lr=fast"])

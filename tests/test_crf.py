@@ -129,6 +129,7 @@ def test_inputs_are_checked_with_actionable_errors():
         dense_crf(image, probs, bilateral_srgb=0)
 
 
+@pytest.mark.slow
 def test_parity_with_pydensecrf_on_camvid(camvid_dir: Path):
     for i, name in enumerate(sorted((camvid_dir / "val").glob("*.png"))[:2]):
         image = np.asarray(Image.open(name).convert("RGB"))

@@ -15,6 +15,7 @@ from deeplab.data.datasets import CAMVID_INFO, camvid_pairs, dataset_info, folde
 from deeplab.data.labels import CAMVID_CLASSES, CAMVID_PALETTE, voc_palette
 
 
+@pytest.mark.slow
 def test_camvid_train_frequencies_match_the_readme(camvid_dir):
     # All 367 masks, image headers only: about 3 s on 2 cores.
     report = check_pairs(camvid_pairs(camvid_dir, "train"), CAMVID_INFO, verify_images=False)

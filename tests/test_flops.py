@@ -45,6 +45,7 @@ def test_counts_conv_and_linear_exactly():
     assert model.training and not model.conv._forward_hooks
 
 
+@pytest.mark.slow
 def test_meta_counts_equal_real_counts():
     real = create_model("deeplabv3plus_mobilenetv2", num_classes=5)
     meta = _meta("deeplabv3plus_mobilenetv2", num_classes=5)
@@ -88,6 +89,7 @@ def test_output_stride_8_costs_more():
     assert 2.5 * at16 < at8 < 4 * at16
 
 
+@pytest.mark.slow
 def test_model_table_lists_every_model():
     from deeplab.models import list_models
 

@@ -148,6 +148,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: "mp.Queue") -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_reduce_sums_over_gloo_processes():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,6 +31,13 @@ def _one_thread_and_fresh_models(one_thread):
     _built.cache_clear()
 
 
+# The big backbones (ResNet-101, Xception) take seconds per test on 2 cores: `make test`
+# runs them, `make test-fast` leaves them out.
+HEAVY = ("resnet101", "xception")
+MODELS = [pytest.param(n, marks=pytest.mark.slow) if any(h in n for h in HEAVY) else n
+          for n in list_models()]  # fmt: skip
+
+
 def _allowed_strides(name: str) -> tuple[int, ...]:
     return (8,) if "vgg16" in name else (8, 16, 32)
 
@@ -66,7 +73,7 @@ def test_registry_lists_every_required_variant():
     assert required <= set(list_models())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_batch1_training_step_reaches_first_conv(name):
     # Batch 1 in train mode: the image pooling BN sees one value per channel.
     model = _model(name).train()
@@ -82,7 +89,7 @@ def test_batch1_training_step_reaches_first_conv(name):
     assert model.num_classes == NUM_CLASSES
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_eval_shapes_and_output_stride_switch(name):
     model = _model(name).eval()
     x_odd, x_even = torch.randn(1, 3, *ODD), torch.randn(2, 3, *EVEN)
@@ -119,7 +126,7 @@ def test_fresh_model_starts_near_uniform_class_scores(name):
     assert loss.item() < 1.5 * math.log(NUM_CLASSES), loss.item()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", MODELS)
 def test_align_corners_false_changes_only_the_resizes(name):
     aligned = _model(name).eval()
     model = create_model(name, num_classes=NUM_CLASSES, align_corners=False).eval()

@@ -1,26 +1,21 @@
-"""Training loop: schedule, sampler, BN modes, checkpoints and exact resume.
-
-This file doubles as a script for the multi-process tests (test_train_processes.py):
-``python tests/test_train.py out_dir key=value ...`` trains ``TinyNet`` on ``Synthetic``.
-"""
+"""Training loop: schedule, sampler, BN modes, checkpoints and exact resume."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import sys
 import threading
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from _helpers.toys import NUM_CLASSES, Synthetic, TinyNet, tiny_config
 
 from deeplab.checkpoint import CheckpointError
 from deeplab.checkpoint import read as load_checkpoint
 from deeplab.checkpoint import save as save_checkpoint
-from deeplab.config import load_config
 from deeplab.train import (
     BatchStream,
     ShardedBatchSampler,
@@ -30,74 +25,6 @@ from deeplab.train import (
     set_train_mode,
     train,
 )
-
-NUM_CLASSES = 3
-
-
-class TinyNet(nn.Module):
-    """A DeepLab-shaped toy: stride-2 conv (+BN) -> dropout -> 1x1 classifier -> upsample.
-
-    ``forward(x [N,3,H,W]) -> logits [N,3,H,W]``.
-    """
-
-    def __init__(self, *, bn: bool = True, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.num_classes = NUM_CLASSES
-        self.backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=not bn),
-            nn.BatchNorm2d(8) if bn else nn.Identity(),
-            nn.ReLU(),
-        )
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(8, NUM_CLASSES, 1)
-        self.output_stride = 2
-
-    def set_output_stride(self, output_stride: int) -> None:
-        self.output_stride = output_stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.classifier(self.dropout(self.backbone(x)))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-class Synthetic:
-    """Random 20x20 images whose class is the brightest of the first 3 channels.
-
-    Training items are random 16x16 crops with random flips, drawn from (seed, epoch, index)
-    like the real datasets; without a seed, the full image.
-    """
-
-    def __init__(self, n: int = 16, *, seed: int | None = 0, size: int = 20) -> None:
-        self.n, self.seed, self.size, self.epoch = n, seed, size, 0
-        self.num_classes = NUM_CLASSES
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        g = torch.Generator().manual_seed(1000 + i)
-        image = F.avg_pool2d(torch.randn(1, 3, self.size + 2, self.size + 2, generator=g), 3, 1)[0]
-        mask = image.argmax(0)
-        if self.seed is None:
-            return image, mask
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        top, left = (int(v) for v in rng.integers(0, self.size - 16 + 1, size=2))
-        rows, cols = slice(top, top + 16), slice(left, left + 16)
-        image, mask = image[:, rows, cols], mask[rows, cols]
-        if rng.random() < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        return image.contiguous(), mask.contiguous()
-
-
-def tiny_config(out_dir, *overrides: str):
-    return load_config(None, [
-        f"train.out_dir={out_dir}", "train.iters=6", "train.batch_size=4", "train.log_every=1",
-        "train.ckpt_every=100", "train.val_every=0", "train.progress=false", "data.num_workers=0",
-        "optim.lr=0.05", "model.bn=finetune", *overrides,
-    ])  # fmt: skip
 
 
 def test_poly_schedule_with_warmup():
@@ -332,18 +259,44 @@ def test_tensorboard_without_the_package_says_how_to_install(tmp_path):
               train_set=Synthetic(16))  # fmt: skip
 
 
-def main(argv: list[str]) -> int:
-    """``python tests/test_train.py OUT_DIR key=value ...``: train TinyNet on Synthetic."""
-    out_dir, *overrides = argv
-    torch.set_num_threads(1)
-    cfg = tiny_config(out_dir, *overrides)
-    val_set = Synthetic(8, seed=None) if "--val" in sys.argv else None
+def test_resume_from_best_restarts_from_its_weights_and_step(tmp_path, caplog):
+    val = Synthetic(4)
+    cfg = tiny_config(tmp_path, "train.iters=6", "train.val_every=2")
     torch.manual_seed(0)
-    progress = train(cfg, model=TinyNet(bn=True, dropout=0.0), train_set=Synthetic(16),
-                     val_set=val_set)  # fmt: skip
-    print(f"finished: {progress.status} at step {progress.step}", flush=True)
-    return 0
+    train(cfg, model=TinyNet(), train_set=Synthetic(16), val_set=val)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert "optimizer" not in best  # weights only: the size of the model
+    torch.manual_seed(1)
+    with caplog.at_level("WARNING", logger="deeplab"):
+        progress = train(tiny_config(tmp_path / "again", "train.iters=9"), model=TinyNet(),
+                         train_set=Synthetic(16), resume=tmp_path / "best.pt")  # fmt: skip
+    assert "holds weights only" in caplog.text and "last.pt" in caplog.text
+    assert progress.status == "done" and progress.step == 9
+    rows = (tmp_path / "again" / "metrics.jsonl").read_text().splitlines()
+    assert int(json.loads(rows[0])["step"]) == best["step"] + 1  # continues after its step
 
 
-if __name__ == "__main__":
-    sys.exit(main([a for a in sys.argv[1:] if a != "--val"]))
+def test_resume_of_a_checkpoint_without_model_info(tmp_path):
+    """Checkpoints written before they described their model still resume."""
+    torch.manual_seed(0)
+    train(tiny_config(tmp_path, "train.stop_at=3"), model=TinyNet(), train_set=Synthetic(16))
+    state = load_checkpoint(tmp_path / "last.pt")
+    state.pop("info", None)
+    save_checkpoint(tmp_path / "old.pt", state)
+    progress = train(tiny_config(tmp_path), model=TinyNet(), train_set=Synthetic(16),
+                     resume=tmp_path / "old.pt")  # fmt: skip
+    assert (progress.status, progress.step) == ("done", 6)
+
+
+def test_metrics_log_holds_each_step_once_after_a_resume(tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, "train.ckpt_every=2")
+    train(tiny_config(tmp_path, "train.ckpt_every=2", "train.stop_at=5"), model=TinyNet(),
+          train_set=Synthetic(16))  # fmt: skip
+    # As after kill -9 at step 5: the last checkpoint is step 4's, the log went further.
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["step"], state["data"] = 4, {"epoch": 1, "batch": 0}
+    save_checkpoint(tmp_path / "last.pt", state)
+    train(cfg, model=TinyNet(), train_set=Synthetic(16), resume=tmp_path / "last.pt")
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

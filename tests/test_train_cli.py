@@ -72,3 +72,41 @@ def test_train_real_model_on_folder_data_then_resume(folder_data, tmp_path, caps
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert [r["step"] for r in rows if "val_miou" in r] == [2, 3]
+    # best.pt holds weights only: training restarts from them, with a note.
+    again = tmp_path / "from_best"
+    assert main(["train", "--resume", str(out / "best.pt"), f"train.out_dir={again}",
+                 "train.iters=4", "train.stop_at=null"]) == 0  # fmt: skip
+    assert "holds weights only" in capsys.readouterr().out
+    assert load_checkpoint(again / "last.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("normalisation", ["config", "only_in_the_checkpoint"])
+def test_deeplab_eval_reproduces_the_training_validation(folder_data, tmp_path, capsys,
+                                                         normalisation):  # fmt: skip
+    """One evaluation loop: `deeplab eval --weights best.pt` scores the saved model exactly as
+    the training run's validation did. The second case trains with a mean/std that only the
+    checkpoint knows (as when fine-tuning Google's VOC model, x/128 - 1): the YAML given to
+    `deeplab eval` resolves to ImageNet's, and the checkpoint's own must win. The model must
+    predict more than one class, or any normalisation would score the same."""
+    out = tmp_path / "run"
+    extra = ["data.mean=[50, 60, 70]", "data.std=[30, 40, 50]"]
+    # Fine-tuned BN with precise statistics: the fresh model's labels depend on its input.
+    args = ["train", "-c", "configs/own_data.yaml", f"data.root={folder_data}",
+            f"train.out_dir={out}", "model.num_classes=3", "model.backbone_weights=null",
+            "model.name=deeplabv3_mobilenetv2", "model.options={width_mult: 0.5}",
+            "model.bn=finetune", "eval.precise_bn_batches=2", "data.crop_size=33",
+            "train.batch_size=2", "train.iters=2", "train.val_every=2",
+            "train.progress=false", "data.num_workers=0", "optim.lr=1e-6"]  # fmt: skip
+    assert main(args + (extra if normalisation == "only_in_the_checkpoint" else [])) == 0
+    best = load_checkpoint(out / "best.pt")
+    if normalisation == "only_in_the_checkpoint":
+        assert list(best["info"]["mean"]) == [50.0, 60.0, 70.0]
+    assert np.count_nonzero(np.asarray(best["metrics"]["confusion_matrix"]).sum(0)) > 1
+    metrics = tmp_path / "eval.json"
+    evaluate = ["eval", "-c", "configs/own_data.yaml", f"data.root={folder_data}",
+                "model.num_classes=3", "--weights", str(out / "best.pt"), "--out", str(metrics),
+                "--workers", "0", "--quiet"]  # fmt: skip
+    assert main(evaluate) == 0
+    got = json.loads(metrics.read_text())
+    assert got["confusion_matrix"] == best["metrics"]["confusion_matrix"]
+    assert got["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-12)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import Synthetic, TinyNet, tiny_config
+from _helpers.toys import Synthetic, TinyNet, tiny_config
 
 from deeplab.checkpoint import read as load_checkpoint
 from deeplab.train import train
 
 TESTS = Path(__file__).resolve().parent
-SCRIPT = TESTS / "test_train.py"
+SCRIPT = TESTS / "_helpers" / "train_script.py"
 
 
 def _env() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Real photos (CamVid val frames and the VOC photos of the labelme example),
 resized to each model's input size, go through the converted model and
-through ``ai-edge-litert`` (tests/tflite_reference.py). Agreement targets:
+through ``ai-edge-litert`` (tests/_helpers/tflite_reference.py). Agreement targets:
 
 - float model (deeplabv3_257_mv_gpu): argmax equal on >= 99.9% of pixels and
   logits within 1e-3 absolute (logits span about +-30; measured max diff ~5e-5);
@@ -21,8 +21,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from _helpers.tflite_reference import require, run_reference
 from PIL import Image
-from tflite_reference import require, run_reference
 
 from deeplab.hub import create_model
 from deeplab.weights import get_entry

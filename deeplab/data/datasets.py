@@ -16,21 +16,11 @@ joint transform. The functions below only find the pairs in each official layout
 - ``folder_pairs`` / ``list_pairs``: an image folder and a mask folder matched by file
   stem, or a list file of "image mask" lines.
 
-Public names (keep them stable; the training loop imports them):
-
-- ``build_dataset(name, *, root, split, transform=None, seed=None, **options)``
-- ``dataset_info(name, **options) -> DatasetInfo`` (class names, palette, num_classes,
-  raw-value -> class-id lookup)
-- ``SegmentationDataset``, ``camvid_dataset(root=..., split=..., transform=...)``
-- ``DataError``: raised for unreadable files, missing masks, size mismatches and mask
-  values outside the classes; the message names the file and the fix.
-
 An item is ``(image float32 [3,H,W] normalised by the transform, mask int64 [H,W])`` with
-255 = ignore. With ``seed`` set, the random augmentation of item ``i`` is drawn from
-``numpy.random.default_rng((seed, epoch, i))``: repeatable across runs and independent of
-DataLoader workers. Call ``dataset.set_epoch(epoch)`` before each epoch (like
-``DistributedSampler.set_epoch``) to get new augmentations; with persistent workers,
-recreate the DataLoader iterator or leave ``seed=None`` (fresh randomness per item).
+255 = ignore. With ``seed`` set, item ``i``'s augmentation is drawn from
+``numpy.random.default_rng((seed, epoch, i))``: repeatable and independent of DataLoader
+workers; ``dataset.set_epoch(epoch)`` before each epoch gives new augmentations.
+Bad files raise ``DataError`` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -55,6 +45,7 @@ from deeplab.data.labels import (
     VOC_CLASSES,
     palette_array,
 )
+from deeplab.data.transforms import eval_transform
 
 Pair = tuple[Path, Path]
 Transform = Callable[..., tuple]
@@ -433,8 +424,6 @@ class SegmentationDataset:
         seed: int | None = None,
     ):
         if transform is None:
-            from deeplab.data.transforms import eval_transform
-
             transform = eval_transform()
         self.pairs = [(Path(a), Path(b)) for a, b in pairs]
         self.info = info

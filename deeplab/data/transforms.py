@@ -6,12 +6,6 @@ pad to the crop size with the mean pixel (image) and the ignore label (mask), ra
 crop, random horizontal flip. Images are resized bilinearly, masks with nearest
 neighbour so that no new class ids appear.
 
-Public names (used by the training and evaluation loops, keep them stable):
-
-- ``train_transform(*, crop_size, scale_range, scale_step, mean, std, ...) -> TrainTransform``
-- ``eval_transform(*, mean, std, output_stride=None, pad_to=None) -> EvalTransform``
-- ``pad_collate(batch)``: stacks items of different sizes (pads with 0 / ignore).
-
 A transform is called as ``transform(image, mask, rng)``:
 ``image`` uint8 numpy HxWx3 (RGB), ``mask`` integer numpy HxW (class ids, 255 = ignore),
 ``rng`` a ``numpy.random.Generator``; it returns ``(float32 tensor [3,h,w] normalised as

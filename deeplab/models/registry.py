@@ -41,5 +41,11 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 
 
 def build_model(name: str, **options) -> nn.Module:
-    """A freshly initialised registered model; ``deeplab.hub.create_model`` adds weights."""
-    return get_builder(name)(**options)
+    """A freshly initialised registered model; ``deeplab.hub.create_model`` adds weights.
+
+    The model remembers how it was built (``model.build_spec``: name and options), so a
+    checkpoint can say how to build it again.
+    """
+    model = get_builder(name)(**options)
+    model.build_spec = {"arch": name, "options": dict(options)}
+    return model

@@ -95,7 +95,7 @@ def train(
     if model is None:  # built from the config, so the checkpoints can describe it
         model = build_model(cfg, num_classes=num_classes, proc=proc)
         info = checkpoint.describe(
-            to_dict(cfg), num_classes=num_classes,
+            to_dict(cfg), num_classes=num_classes, model=model,
             class_names=getattr(train_set, "class_names", None),
             palette=train_set.info.palette() if hasattr(train_set, "info") else None,
         )  # fmt: skip
@@ -157,10 +157,9 @@ def train(
                             proc.world_size)  # fmt: skip
 
     metrics = MetricsLog(out, enabled=proc.is_main, tensorboard=t.tensorboard)
-    if proc.is_main and state is None:
+    if proc.is_main:
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    elif proc.is_main:
-        metrics.truncate_after(progress.step)  # the steps after the checkpoint run again
+        metrics.truncate_after(progress.step)  # the steps after a checkpoint run again
     config_dict = to_dict(cfg)
     autocast = autocast_for(t.amp, proc.device)
 

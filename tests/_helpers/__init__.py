@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: toy models and data, reference runtimes, scripts."""
