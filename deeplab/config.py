@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
+from deeplab.models import list_models
 from deeplab.models.layers import OUTPUT_STRIDES, aligned_size
 from deeplab.weights.zoo import get_entry
 
@@ -44,6 +45,10 @@ class ModelConfig:
     # ImageNet weights for the backbone only: a zoo entry (e.g. mobilenet_v2_imagenet) or a
     # state_dict file in torchvision's key layout.
     backbone_weights: str | None = None
+    # A DeepLab of another architecture to start from (a zoo entry or checkpoint): e.g.
+    # Google's v3 VOC model under a v3+ decoder. Matching tensors are copied, a widened ASPP
+    # projection is zero-padded, the rest starts fresh (deeplab.hub.transfer).
+    init_from: str | None = None
     # Batch norm: "finetune" (train mode, learn gamma/beta), "freeze" (eval mode, no grad),
     # "freeze_backbone" (freeze the backbone's and the image-pooling branch's, fine-tune
     # the rest of the head), or "auto": fine-tune only when a BN layer
@@ -77,6 +82,10 @@ class DataConfig:
     # of these classes (names or ids) appear `bootstrap_copies` times per epoch.
     bootstrap_classes: list[str | int] = field(default_factory=list)
     bootstrap_copies: int = 2
+    # Before the first step, check every image/mask pair ("full"; above 2000 pairs a split
+    # is sampled), a sample of 2000 ("sample"), or nothing ("off"): missing or unreadable
+    # files, wrong sizes, RGB or 0/255 masks, values the classes cannot hold.
+    check: str = "full"
 
 
 @dataclass
@@ -274,6 +283,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+            return "on" if value else "off"
     elif origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, (list, tuple)):
@@ -305,6 +316,10 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
     """Raise ``ConfigError`` for settings that cannot work; warn about doubtful ones."""
     m, d, o, lo, t = cfg.model, cfg.data, cfg.optim, cfg.loss, cfg.train
     _choice("model.bn", m.bn, BN_MODES)
+    _choice("data.check", d.check, ("full", "sample", "off"))
+    if m.name not in list_models():
+        raise ConfigError(f"model.name={m.name!r} is not a registered model; choose one of: "
+                          f"{', '.join(list_models())} (`deeplab models` lists them)")
     _choice("train.amp", t.amp, AMP_MODES)
     _choice("train.device", t.device, DEVICES)
     for key, os_ in (
@@ -318,10 +333,10 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
             )
     if cfg.eval.precise_bn_batches < 0:
         raise ConfigError("eval.precise_bn_batches must be >= 0 (0 turns it off)")
-    if m.pretrained and m.backbone_weights:
+    if sum(bool(v) for v in (m.pretrained, m.backbone_weights, m.init_from)) > 1:
         raise ConfigError(
-            "set model.pretrained (a whole DeepLab) or model.backbone_weights (ImageNet backbone), "
-            "not both"
+            "set one of model.pretrained (a whole DeepLab), model.init_from (another DeepLab to "
+            "start from) and model.backbone_weights (ImageNet backbone)"
         )
     if m.num_classes is not None and m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
@@ -374,9 +389,10 @@ def normalisation(cfg: Config) -> tuple[list[float], list[float]]:
     """Input mean/std (0-255 units): the config's, else the pretrained zoo entry's (Google's
     models expect x/127.5 - 1 or x/128 - 1), else ImageNet's (torchvision-layout backbones)."""
     mean, std = cfg.data.mean, cfg.data.std
-    if (mean is None or std is None) and cfg.model.pretrained:
+    source = cfg.model.pretrained or cfg.model.init_from
+    if (mean is None or std is None) and source:
         try:
-            entry = get_entry(cfg.model.pretrained)
+            entry = get_entry(source)
             mean, std = mean or list(entry.mean), std or list(entry.std)
         except KeyError:
             pass  # a weight file, not a zoo entry: ImageNet statistics

@@ -106,8 +106,11 @@ class SegmentationLoss(nn.Module):
         )  # fmt: skip
 
 
-def load_class_weights(source: list[float] | str | Path, *, num_classes: int) -> list[float]:
-    """Class weights from a list or a JSON file (a list, or an object with "weights")."""
+def load_class_weights(
+    source: list[float] | str | Path, *, num_classes: int | None
+) -> list[float]:
+    """Class weights from a list or a JSON file (a list, or an object with "weights");
+    ``num_classes=None`` skips the length check (the data check reports it with the fix)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
@@ -126,6 +129,6 @@ def load_class_weights(source: list[float] | str | Path, *, num_classes: int) ->
         data, where = source, "loss.class_weights"
     if not isinstance(data, list) or not all(isinstance(v, (int, float)) for v in data):
         raise ValueError(f'{where}: expected a list of numbers (or {{"weights": [...]}})')
-    if len(data) != num_classes:
+    if num_classes is not None and len(data) != num_classes:
         raise ValueError(f"{where}: {len(data)} weights for {num_classes} classes")
     return [float(v) for v in data]

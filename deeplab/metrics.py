@@ -104,7 +104,8 @@ class ConfusionMatrix:
     def compute(self) -> dict[str, Any]:
         """Metrics as plain Python floats (fractions in 0..1; NaN where undefined).
 
-        Keys: ``iou`` and ``class_acc`` (lists, one value per class), ``miou``,
+        Keys: ``iou``, ``class_acc`` (recall) and ``precision`` (lists, one value per class),
+        ``miou``,
         ``pixel_acc``, ``mean_class_acc``, ``fw_iou``, ``pixels`` (pixels counted).
         """
         m = self.matrix.double().cpu()
@@ -115,12 +116,14 @@ class ConfusionMatrix:
         total = m.sum()
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
-        class_acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
+        class_acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)  # recall
+        precision = torch.where(pr > 0, tp / pr.clamp(min=1), nan)
         # Frequency-weighted IoU: IoU weighted by each class's share of the ground truth.
         fw_iou = float((gt * iou.nan_to_num(0.0)).sum() / total) if total > 0 else math.nan
         return {
             "iou": iou.tolist(),
             "class_acc": class_acc.tolist(),
+            "precision": precision.tolist(),
             "miou": _nanmean(iou),
             "pixel_acc": float(tp.sum() / total) if total > 0 else math.nan,
             "mean_class_acc": _nanmean(class_acc),
@@ -129,7 +132,7 @@ class ConfusionMatrix:
         }
 
     def format_table(self, class_names: Sequence[str] | None = None) -> str:
-        """Per-class table (IoU, accuracy, ground-truth pixels) and the summary lines."""
+        """Per-class table (IoU, precision, recall, ground-truth pixels) and the summary."""
         names = list(class_names) if class_names is not None else []
         if names and len(names) != self.num_classes:
             raise ValueError(f"{len(names)} class names given for {self.num_classes} classes")
@@ -141,13 +144,13 @@ class ConfusionMatrix:
         def pct(v: float) -> str:
             return "-" if math.isnan(v) else f"{100 * v:.2f}"
 
-        rows = [(n, pct(iou), pct(acc), n_px)
-                for n, iou, acc, n_px in zip(names, r["iou"], r["class_acc"], gt, strict=True)]
+        rows = [(n, pct(iou), pct(prec), pct(acc), n_px) for n, iou, prec, acc, n_px
+                in zip(names, r["iou"], r["precision"], r["class_acc"], gt, strict=True)]
         summary = [("mean IoU", "miou"), ("pixel acc", "pixel_acc"),
                    ("mean acc", "mean_class_acc"), ("fw IoU", "fw_iou")]  # fmt: skip
-        rows += [(label, pct(r[key]), "", "") for label, key in summary]
-        lines = text_table(("class", "IoU %", "acc %", "pixels"), rows, right=(1, 2, 3),
-                           rule=False).splitlines()  # fmt: skip
+        rows += [(label, pct(r[key]), "", "", "") for label, key in summary]
+        lines = text_table(("class", "IoU %", "precision %", "recall %", "pixels"), rows,
+                           right=(1, 2, 3, 4), rule=False).splitlines()  # fmt: skip
         lines.insert(1 + len(names), "-" * len(lines[0]))
         return "\n".join(lines)
 

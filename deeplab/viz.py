@@ -56,8 +56,11 @@ def overlay(
         raise ValueError(f"image {image.shape} and label map {labels.shape} differ in size")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
-    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = np.empty_like(color)
+    for top in range(0, out.shape[0], 256):  # strips: float memory stays small on big photos
+        rows = slice(top, top + 256)
+        blend = (1.0 - alpha) * image[rows].astype(np.float32) + alpha * color[rows]
+        out[rows] = np.clip(np.rint(blend), 0, 255)
     if unpainted:
         keep = np.isin(labels, list(unpainted))
         out[keep] = image[keep]
@@ -112,3 +115,75 @@ def save_index_png(labels: np.ndarray, path: str | Path, palette: Palette = None
 
     The one writer of label maps: predictions, labelme conversions and converted masks."""
     index_image(labels, palette).save(path, format="PNG")
+
+
+# --- charts (matplotlib, an optional extra: pip install 'deeplab[plots]') ----------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no screen
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            "charts need matplotlib: pip install matplotlib (or pip install 'deeplab[plots]')"
+        ) from None
+    return plt
+
+
+def save_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], path: str | Path, *, title: str = ""
+) -> Path:
+    """The confusion matrix as a PNG, each row (true class) normalised to 100%: the diagonal
+    is each class's recall, the rest shows what it is mistaken for."""
+    plt = _pyplot()
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    size = max(4.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90)
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (rows sum to 100%)")
+    if n <= 30:  # numbers stay readable up to about 30 classes
+        for i in range(n):
+            for j in range(n):
+                if rows[i, j] >= 0.005:
+                    ax.text(j, i, f"{100 * rows[i, j]:.0f}", ha="center", va="center",
+                            fontsize=7, color="white" if rows[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_training_curve(records: Sequence[dict], path: str | Path) -> Path:
+    """Loss and validation mIoU against step (bottom axis) and minutes (top axis), from the
+    records of ``metrics.jsonl``."""
+    plt = _pyplot()
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_miou" in r]
+    fig, loss_ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:gray",
+                 lw=0.8, label="training loss")  # fmt: skip
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("loss")
+    miou_ax = loss_ax.twinx()
+    miou_ax.plot([r["step"] for r in val], [100 * r["val_miou"] for r in val], "o-",
+                 color="tab:blue", label="val mIoU")  # fmt: skip
+    miou_ax.set_ylabel("val mIoU %")
+    if train and train[-1].get("elapsed_s"):
+        per_step = train[-1]["elapsed_s"] / 60 / max(train[-1]["step"], 1)
+        top = loss_ax.secondary_xaxis("top", functions=(lambda s: s * per_step,
+                                                        lambda m: m / per_step))  # fmt: skip
+        top.set_xlabel("minutes")
+    fig.legend(loc="upper center", ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -25,6 +25,7 @@ Bad files raise ``DataError`` naming the file and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -515,8 +516,12 @@ def build_dataset(
     masks: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    mask_map: Mapping[int, int] | None = None,
 ) -> SegmentationDataset:
     """A dataset by name: ``voc``, ``cityscapes``, ``ade20k``, ``camvid`` or ``folder``.
+
+    ``mask_map`` changes raw mask values before the dataset's own mapping, e.g. ``{255: 1}``
+    for 0/255 binary masks whose 255 marks the object (255 is the ignore label otherwise).
 
     ``folder``: ``root/<split>.txt`` ("image mask" lines) if it exists, else the image
     folder ``images`` and mask folder ``masks`` (relative to ``root``; defaults:
@@ -526,6 +531,10 @@ def build_dataset(
     """
     root = Path(root)
     info = dataset_info(name, class_names=class_names, num_classes=num_classes, root=root)
+    if mask_map:
+        given = lookup_table({int(k): int(v) for k, v in mask_map.items()})
+        then = info.lookup or tuple(range(256))
+        info = dataclasses.replace(info, lookup=tuple(then[v] for v in given))
     if name == "voc":
         pairs = voc_pairs(root, split)
     elif name == "cityscapes":

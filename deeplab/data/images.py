@@ -27,12 +27,17 @@ IMAGE_SUFFIXES = frozenset(
 class DataError(ValueError):
     """A problem with one data file; ``kind``: unreadable, missing, size, rgb, values, ...
 
-    The message names the file and the fix."""
+    The message names the file and the fix. A DataLoader worker's error comes back to the
+    training process as one string (the worker's traceback); its last line is the message.
+    """
 
-    def __init__(self, kind: str, path: Path | str, message: str):
+    def __init__(self, kind: str, path: Path | str | None = None, message: str | None = None):
+        if message is None:  # re-raised from a DataLoader worker: DataError(traceback text)
+            last = kind.strip().splitlines()[-1] if kind.strip() else kind
+            kind, message = "worker", last.split("DataError: ", 1)[-1]
         super().__init__(message)
         self.kind = kind
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:

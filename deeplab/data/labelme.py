@@ -21,8 +21,8 @@ import base64
 import io
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -237,8 +237,19 @@ def convert_labelme_file(
     return image, labelme_to_mask(data, labels, size, source=str(json_path)), jpeg
 
 
-def labelme2voc(in_dir: str | Path, out_dir: str | Path, labels_file: str | Path) -> list[str]:
-    """Convert every ``*.json`` in ``in_dir``; returns the converted stems."""
+@dataclass
+class Conversion:
+    """What ``labelme2voc`` did: converted stems, files it could not convert (with why),
+    and warnings (e.g. a file without shapes, converted to an all-background mask)."""
+
+    converted: list[str] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def labelme2voc(in_dir: str | Path, out_dir: str | Path, labels_file: str | Path) -> Conversion:
+    """Convert every ``*.json`` in ``in_dir``: each good file is written, each bad one is
+    reported, and one bad file stops nothing."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     labels = read_labels(labels_file)
     json_files = sorted(in_dir.glob("*.json"))
@@ -249,9 +260,16 @@ def labelme2voc(in_dir: str | Path, out_dir: str | Path, labels_file: str | Path
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     (out_dir / "class_names.txt").write_text("\n".join(labels.class_names) + "\n")
-    stems = []
+    result = Conversion()
     for json_path in json_files:
-        image, mask, jpeg = convert_labelme_file(json_path, labels)
+        try:
+            image, mask, jpeg = convert_labelme_file(json_path, labels)
+        except DataError as e:
+            result.failed.append((json_path, str(e)))
+            continue
+        if not mask.any():
+            result.warnings.append(f"{json_path} has no shapes: its mask is all background; "
+                                   "annotate it in labelme or leave it out")  # fmt: skip
         stem = json_path.stem
         if jpeg is not None:
             (folders["JPEGImages"] / f"{stem}.jpg").write_bytes(jpeg)
@@ -261,5 +279,71 @@ def labelme2voc(in_dir: str | Path, out_dir: str | Path, labels_file: str | Path
         # Background left unpainted so the photo stays readable.
         blend = viz.overlay(np.asarray(image), mask, alpha=0.5, unpainted=(0,))
         Image.fromarray(blend).save(folders["viz"] / f"{stem}.jpg", quality=90)
-        stems.append(stem)
-    return stems
+        result.converted.append(stem)
+    return result
+
+
+# --- and back: a predicted mask as a labelme document (pre-annotation) -------------------
+
+
+def mask_to_labelme(
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    image_path: str,
+    tolerance: float = 1.0,
+    min_pixels: int = 4,
+) -> dict:
+    """A label map as a labelme document: one polygon per connected region of a class,
+    traced along the region's outline and simplified to within ``tolerance`` pixels.
+
+    labelme has no holes: ``labelme2voc`` paints shapes in file order, so the shapes are
+    written largest first and a region inside another (a window in a wall, a background
+    hole in a person) paints over it. Class 0 regions are written too unless class 0 is
+    "background" (the mask starts as class 0), then only the ones inside other regions.
+    Regions under ``min_pixels`` are left out. Needs scikit-image.
+    """
+    try:
+        from skimage import measure
+    except ImportError:
+        raise ImportError(
+            "writing labelme files needs scikit-image: pip install scikit-image "
+            "(or pip install 'deeplab[labelme]')"
+        ) from None
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    background = "background" in class_names[0].lower()
+    shapes = []
+    for c in np.unique(labels):
+        if c == IGNORE_INDEX or c >= len(class_names):
+            continue
+        regions, count = measure.label(labels == c, connectivity=1, return_num=True)
+        for k in range(1, count + 1):
+            region = regions == k
+            if region.sum() < min_pixels:
+                continue
+            rows, cols = np.nonzero(region)
+            on_border = rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or \
+                cols.max() == w - 1  # fmt: skip
+            if c == 0 and background and on_border:
+                continue
+            padded = np.pad(region, 1).astype(np.float32)
+            contours = measure.find_contours(padded, 0.5)
+            outer = max(contours, key=_polygon_area)  # the others are the region's holes
+            outer = measure.approximate_polygon(outer, tolerance=tolerance)
+            points = [[float(x) - 1.0, float(y) - 1.0] for y, x in outer[:-1]]
+            if len(points) >= 3:
+                shapes.append((_polygon_area(outer), {
+                    "label": class_names[int(c)], "points": points, "group_id": None,
+                    "description": "", "shape_type": "polygon", "flags": {}, "mask": None,
+                }))  # fmt: skip
+    shapes.sort(key=lambda item: -item[0])
+    return {
+        "version": "5.4.1", "flags": {}, "shapes": [s for _, s in shapes],
+        "imagePath": image_path, "imageData": None, "imageHeight": h, "imageWidth": w,
+    }  # fmt: skip
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    y, x = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))

@@ -24,9 +24,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from deeplab import checkpoint, hub
 from deeplab.config import Config, ConfigError, normalisation, require_data_root, to_dict, validate
+from deeplab.data.check import DataCheckError, diagnose
 from deeplab.data.datasets import build_dataset, duplicate_hard_images
 from deeplab.data.transforms import train_transform
-from deeplab.evaluate import evaluate_split
+from deeplab.evaluate import evaluate_split, format_report
 from deeplab.inference import Segmenter
 from deeplab.losses import SegmentationLoss, load_class_weights
 from deeplab.train.batchnorm import (
@@ -50,6 +51,7 @@ from deeplab.train.runtime import (
     unwrap,
 )
 from deeplab.train.sampling import BatchStream, ShardedBatchSampler
+from deeplab.viz import save_training_curve
 from deeplab.weights import load_backbone_weights
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,9 @@ def train(
         set_train_mode(model, frozen_bn)
         metrics.write({"step": progress.step, "elapsed_s": elapsed_s,
                        **{f"val_{k}": v for k, v in results.items()}})  # fmt: skip
+        if proc.is_main:
+            log.info("step %d validation:\n%s", progress.step,
+                     format_report(results, class_names))  # fmt: skip
         if results["miou"] > progress.best_miou:  # NaN (nothing labelled) never counts as better
             progress.best_miou = float(results["miou"])
             if proc.is_main:
@@ -214,6 +219,20 @@ def train(
                    validate=validate_and_keep_best if val_set is not None else None)  # fmt: skip
     finally:
         metrics.close()
+        if proc.is_main:
+            draw_curve(out)
+
+
+def draw_curve(out: Path) -> None:
+    """``out/curve.png``: loss and val mIoU against step and minutes (needs matplotlib)."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        save_training_curve(records, out / "curve.png")
+    except ImportError as e:
+        log.info("no curve.png: %s", e)
 
 
 def validate_model(
@@ -255,7 +274,7 @@ def build_model(cfg: Config, *, num_classes: int, proc: Process) -> nn.Module:
     if source and not Path(source).expanduser().is_file():
         # A zoo entry of ImageNet weights: create_model fills model.backbone from it.
         return hub.create_model(m.name, pretrained=source, **options)
-    model = hub.create_model(m.name, pretrained=m.pretrained, **options)
+    model = hub.create_model(m.name, pretrained=m.pretrained, init_from=m.init_from, **options)
     if source:
         report = load_backbone_weights(model.backbone, Path(source).expanduser())
         if proc.is_main:
@@ -276,13 +295,34 @@ def build_datasets(cfg: Config, *, mean, std, seed: int, proc: Process):
                                flip=d.hflip)  # fmt: skip
     train_set = build_dataset(d.dataset, root=root, split=d.train_split, transform=train_tf,
                               seed=seed, **options)  # fmt: skip
+    val_set = build_dataset(d.dataset, root=root, split=d.val_split, **options) \
+        if d.val_split else None  # fmt: skip
+    check_data(cfg, train_set, val_set, proc=proc)
     if d.bootstrap_classes:
         hard = duplicate_hard_images(train_set, d.bootstrap_classes, copies=d.bootstrap_copies)
         if proc.is_main:
             log.info("bootstrapping: %d training images hold %s and are seen %dx; %d items per "
                      "epoch", len(hard), d.bootstrap_classes, d.bootstrap_copies,
                      len(train_set))  # fmt: skip
-    val_set = None
-    if d.val_split:
-        val_set = build_dataset(d.dataset, root=root, split=d.val_split, **options)
     return train_set, val_set
+
+
+def check_data(cfg: Config, train_set: Any, val_set: Any, *, proc: Process) -> None:
+    """The data doctor (``data.check``) on rank 0 before the first step: a report of every
+    problem at once, and a ``DataCheckError`` instead of a run that fails at step 5."""
+    num_classes = cfg.model.num_classes or train_set.num_classes
+    weights = cfg.loss.class_weights
+    weights = load_class_weights(weights, num_classes=None) if weights else None
+    problems, report = [], ""
+    if proc.is_main:
+        diagnosis = diagnose(train_set, val_set, num_classes=num_classes, class_weights=weights,
+                             mode=cfg.data.check)  # fmt: skip
+        problems, report = diagnosis.problems, diagnosis.format()
+        if diagnosis.ok and cfg.data.check != "off":
+            log.info(report)
+    if proc.distributed:  # every rank stops when rank 0 refuses
+        shared = [problems]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        problems = shared[0]
+    if problems:
+        raise DataCheckError(report or "the data check on rank 0 found problems")

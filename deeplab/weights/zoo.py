@@ -26,7 +26,7 @@ from deeplab.data.labels import (
     voc_palette,
 )
 from deeplab.table import text_table
-from deeplab.weights.download import cache_dir, fetch, find_local
+from deeplab.weights.download import cache_dir, fetch, find_local, sha256_of
 
 CORAL_TEST_DATA = "https://github.com/google-coral/test_data/raw/master"
 TFLITE_HOSTED = "https://storage.googleapis.com/download.tensorflow.org/models/tflite/gpu"
@@ -183,12 +183,15 @@ def entry_path(entry: ZooEntry, *, progress: bool = True) -> Path:
 
 
 def zoo_table() -> str:
-    """A text table of the zoo: name, arch, classes, input size, OS, file and where it is."""
+    """A text table of the zoo: name, arch, classes, input size, OS, file and where it is
+    (each local file's SHA-256 checked: a damaged one shows as corrupt)."""
     rows = []
     for e in _ENTRIES:
         local = find_local(e.file_name)
         if local is None:
             status = "not downloaded"
+        elif sha256_of(local) != e.sha256:
+            status = f"corrupt: {local} (wrong SHA-256; delete it)"
         elif local.parent == cache_dir():
             status = "cached"
         else:
