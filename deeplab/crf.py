@@ -28,10 +28,12 @@ once per image and reused across iterations.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -406,6 +408,16 @@ def dense_crf(
 
     # Pixel-major [N, C] so that each lattice vertex holds a contiguous vector.
     unary = unary_from_probs(probs).reshape(c, -1).t().contiguous()
+    nb = _numba() if dev.type == "cpu" else None
+    if nb is not None:  # the released code's loops, compiled: faster on a CPU
+        with _numba_threads():
+            q = _dense_crf_hashed(
+                image.numpy(), unary.numpy(), iterations=iterations, gaussian_sxy=gaussian_sxy,
+                gaussian_compat=gaussian_compat, bilateral_sxy=bilateral_sxy,
+                bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat, nb=nb,
+            )  # fmt: skip
+        out = np.ascontiguousarray(q.T.reshape(c, h, w))
+        return out if as_numpy else torch.from_numpy(out)
     xy = _pixel_features(h, w, dev)
     # Each kernel: its lattice, its normaliser D^-1/2 with D = K 1 (the kernel
     # used is D^-1/2 K D^-1/2, ICML 2013, the released code's default) and its
@@ -452,3 +464,330 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"--crf-option {key!r} is not a CRF parameter; use one of: "
                              + ", ".join(known))  # fmt: skip
     return options
+
+
+# --- on the CPU: the released code's hash-table lattice, compiled with numba --------------
+# The torch lattice above sorts its keys and filters with sparse matrix products, which
+# also run on a GPU. On the CPU the loops of the released code (densecrf) are cheaper:
+# each simplex corner is hashed into a table, and splat, blur and slice are loops over
+# points and vertices, fused with the mean-field update. numba compiles them (cached on
+# disk after the first run); without numba the torch path runs everywhere.
+
+
+def _nb_elevate(features, scale, rem0, rank, bary):  # numba, parallel over points
+    n_points, d = features.shape
+    d1 = d + 1
+    for n in _prange(n_points):
+        elevated = np.empty(d1)
+        # Elevate onto the plane sum(x) = 0 of R^{d+1} (Adams et al. 2010, p. 5-6).
+        total = 0.0
+        for j in range(d, 0, -1):
+            cf = features[n, j - 1] * scale[j - 1]
+            elevated[j] = total - j * cf
+            total += cf
+        elevated[0] = total
+        # The closest remainder-0 point: each coordinate rounded to a multiple of d+1.
+        shift = 0
+        for j in range(d1):
+            v = elevated[j] / d1
+            up, down = np.ceil(v) * d1, np.floor(v) * d1
+            rem0[n, j] = int(up) if up - elevated[j] < elevated[j] - down else int(down)
+            shift += rem0[n, j]
+        shift //= d1
+        # Rank the residuals (decreasing; ties: the lower index first), then move back
+        # onto the plane (p. 10).
+        for j in range(d1):
+            rank[n, j] = 0
+        for i in range(d):
+            for j in range(i + 1, d1):
+                if elevated[i] - rem0[n, i] < elevated[j] - rem0[n, j]:
+                    rank[n, i] += 1
+                else:
+                    rank[n, j] += 1
+        for j in range(d1):
+            if shift > 0 and rank[n, j] >= d1 - shift:
+                rank[n, j] -= d1 - shift
+                rem0[n, j] -= d1
+            elif shift > 0:
+                rank[n, j] += shift
+            elif shift < 0 and rank[n, j] < -shift:
+                rank[n, j] += d1 + shift
+                rem0[n, j] += d1
+            elif shift < 0:
+                rank[n, j] += shift
+        # Barycentric coordinates within the simplex.
+        b = np.zeros(d1 + 1)
+        for j in range(d1):
+            v = (elevated[j] - rem0[n, j]) / d1
+            b[d - rank[n, j]] += v
+            b[d - rank[n, j] + 1] -= v
+        b[0] += 1.0 + b[d1]
+        for j in range(d1):
+            bary[n, j] = b[j]
+
+
+def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of densecrf
+    n_points, d1 = rank.shape
+    d = d1 - 1
+    size = 1
+    while size < 2 * n_points * d1:
+        size *= 2
+    keys = np.full(size, -1, np.int64)
+    ids = np.empty(size, np.int64)
+    vertex = np.empty((n_points, d1), np.int64)
+    codes = np.empty(n_points * d1, np.int64)
+    count = 0
+    for n in range(n_points):
+        for r in range(d1):
+            code = 0
+            for j in range(d):  # vertex r: rem0 + canonical[r, rank] (first d coordinates)
+                key = rem0[n, j] + (r if rank[n, j] <= d - r else r - d1)
+                code += (key - lo) * radix[j]
+            h = (code * 2654435761) & (size - 1)
+            while keys[h] != -1 and keys[h] != code:
+                h = (h + 1) & (size - 1)
+            if keys[h] == -1:
+                keys[h] = code
+                ids[h] = count
+                codes[count] = code
+                count += 1
+            vertex[n, r] = ids[h] + offset
+    # Blur neighbours along each axis j: the key moved by -1 everywhere and +(d+1) at j.
+    radix_sum = 0
+    for j in range(d):
+        radix_sum += radix[j]
+    neighbours = np.full((d1, count, 2), -1, np.int64)
+    for j in range(d1):
+        step = radix_sum - (d1 * radix[j] if j < d else 0)
+        for v in range(count):
+            for side in range(2):
+                code = codes[v] - step if side == 0 else codes[v] + step
+                h = (code * 2654435761) & (size - 1)
+                while keys[h] != -1:
+                    if keys[h] == code:
+                        neighbours[j, v, side] = ids[h] + offset
+                        break
+                    h = (h + 1) & (size - 1)
+    return vertex, neighbours, count
+
+
+def _nb_group(vertex, weight, pre, n_vertices):  # numba, serial: splat rows by vertex
+    n_points, width = vertex.shape
+    pointers = np.zeros(n_vertices + 1, np.int64)
+    for n in range(n_points):
+        for r in range(width):
+            pointers[vertex[n, r] + 1] += 1
+    for v in range(n_vertices):
+        pointers[v + 1] += pointers[v]
+    fill = pointers[:-1].copy()
+    points = np.empty(n_points * width, np.int64)
+    weights = np.empty(n_points * width, np.float32)
+    for n in range(n_points):
+        for r in range(width):
+            e = fill[vertex[n, r]]
+            points[e] = n
+            weights[e] = weight[n, r] * pre[n, r]
+            fill[vertex[n, r]] += 1
+    return pointers, points, weights
+
+
+def _nb_splat_blur(q, pointers, points, weights, neighbours, lattice, spare):
+    """Splat ``q`` [N, C] onto the lattice vertices, blur along every axis with
+    [1/2, 1, 1/2]; returns the buffer holding the result (numba, parallel)."""
+    c = q.shape[1]
+    n_vertices = pointers.shape[0] - 1
+    for v in _prange(n_vertices):
+        for k in range(c):
+            lattice[v, k] = 0.0
+        for e in range(pointers[v], pointers[v + 1]):
+            p, w = points[e], weights[e]
+            for k in range(c):
+                lattice[v, k] += w * q[p, k]
+    for j in range(neighbours.shape[0]):
+        for v in _prange(n_vertices):
+            a, b = neighbours[j, v, 0], neighbours[j, v, 1]
+            for k in range(c):
+                value = lattice[v, k]
+                if a >= 0:
+                    value += 0.5 * lattice[a, k]
+                if b >= 0:
+                    value += 0.5 * lattice[b, k]
+                spare[v, k] = value
+        lattice, spare = spare, lattice
+    return lattice
+
+
+def _nb_slice(lattice, vertex, post, out):
+    """``out[n] = sum_r post[n, r] * lattice[vertex[n, r]]`` (numba, parallel)."""
+    for n in _prange(vertex.shape[0]):
+        for k in range(out.shape[1]):
+            out[n, k] = 0.0
+        for r in range(vertex.shape[1]):
+            v, w = vertex[n, r], post[n, r]
+            for k in range(out.shape[1]):
+                out[n, k] += w * lattice[v, k]
+    return out
+
+
+def _nb_mean_field(q, unary, iterations, pointers, points, weights, neighbours, vertex, post):
+    """``iterations`` of ``q = softmax(filter(q) - unary)``, the slice fused with the
+    update; ``q`` [N, C] is updated in place (numba, parallel)."""
+    n_points, c = q.shape
+    lattice = np.zeros((pointers.shape[0] - 1, c), np.float32)
+    spare = np.zeros_like(lattice)
+    for _ in range(iterations):
+        message = _nb_splat_blur(q, pointers, points, weights, neighbours, lattice, spare)
+        for n in _prange(n_points):
+            logits = np.empty(c, np.float32)
+            for k in range(c):
+                logits[k] = -unary[n, k]
+            for r in range(vertex.shape[1]):
+                v, w = vertex[n, r], post[n, r]
+                for k in range(c):
+                    logits[k] += w * message[v, k]
+            top = logits.max()
+            total = 0.0
+            for k in range(c):
+                logits[k] = np.exp(logits[k] - top)
+                total += logits[k]
+            for k in range(c):
+                q[n, k] = logits[k] / total
+    return q
+
+
+def _prange(n):  # replaced by numba.prange when compiled
+    return range(n)
+
+
+_NUMBA: dict | None = None
+
+
+def _numba() -> dict | None:
+    """The loops above compiled by numba (cached on disk), or None without numba."""
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numba
+        except ImportError:
+            _NUMBA = {}
+            return None
+        # numba resolves a function's globals when it compiles it: the loops see
+        # numba.prange, and the mean field the compiled splat/blur.
+        module = globals()
+        module["_prange"] = numba.prange
+        fast = dict(cache=True, nogil=True, fastmath=True)
+        _NUMBA = {
+            "elevate": numba.njit(parallel=True, **fast)(_nb_elevate),
+            "hash": numba.njit(**fast)(_nb_hash),
+            "group": numba.njit(**fast)(_nb_group),
+            "splat_blur": numba.njit(parallel=True, **fast)(_nb_splat_blur),
+            "slice": numba.njit(parallel=True, **fast)(_nb_slice),
+        }
+        module["_nb_splat_blur"] = _NUMBA["splat_blur"]
+        _NUMBA["mean_field"] = numba.njit(parallel=True, **fast)(_nb_mean_field)
+    return _NUMBA or None
+
+
+@dataclass
+class _HashLattice:
+    """A lattice from the hashing build: each point's d+1 vertices and barycentric weights,
+    each vertex's blur neighbours (-1: none), vertex ids starting at ``offset``."""
+
+    vertex: np.ndarray  # [N, d+1] int64
+    weights: np.ndarray  # [N, d+1] float32
+    neighbours: np.ndarray  # [d+1, M, 2] int64
+    num_vertices: int
+    alpha: float  # the released code's slice factor, 1 / (1 + 2^-d)
+
+
+@contextlib.contextmanager
+def _numba_threads():
+    """numba's threads follow torch's (``torch.set_num_threads``)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _hash_lattice(features: np.ndarray, nb: dict) -> _HashLattice:
+    n, d = features.shape
+    d1 = d + 1
+    i = np.arange(d, dtype=np.float64)
+    scale = math.sqrt(2.0 / 3.0) * d1 / np.sqrt((i + 1) * (i + 2))
+    rem0 = np.empty((n, d1), np.int64)
+    rank = np.empty((n, d1), np.int64)
+    weights = np.empty((n, d1), np.float32)
+    nb["elevate"](np.ascontiguousarray(features, np.float64), scale, rem0, rank, weights)
+    lo = int(rem0[:, :d].min()) - 2 * d1
+    span = int(rem0[:, :d].max()) + 2 * d1 - lo + 1
+    if span**d >= 2**62:
+        raise ValueError("the CRF features span too many lattice cells; increase sxy/srgb "
+                         "or downscale the image")  # fmt: skip
+    radix = np.array([span**k for k in range(d)], np.int64)
+    vertex, neighbours, m = nb["hash"](rem0, rank, lo, radix, 0)
+    return _HashLattice(vertex, weights, neighbours, int(m), 1.0 / (1.0 + 2.0 ** (-d)))
+
+
+def _hash_normaliser(lattice: _HashLattice, nb: dict) -> np.ndarray:
+    """[N] = 1 / sqrt(K 1): the symmetric normalisation of the released code."""
+    n, m = lattice.vertex.shape[0], lattice.num_vertices
+    pointers, points, weights = nb["group"](lattice.vertex, lattice.weights,
+                                            np.ones_like(lattice.weights), m)  # fmt: skip
+    buffers = np.zeros((m, 1), np.float32), np.zeros((m, 1), np.float32)
+    blurred = nb["splat_blur"](np.ones((n, 1), np.float32), pointers, points, weights,
+                               lattice.neighbours, *buffers)  # fmt: skip
+    out = nb["slice"](blurred, lattice.vertex, lattice.weights * lattice.alpha,
+                      np.empty((n, 1), np.float32))  # fmt: skip
+    return (1.0 / np.sqrt(out[:, 0] + 1e-20)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _hash_position_kernel(h: int, w: int, sxy: float) -> tuple[_HashLattice, np.ndarray]:
+    nb = _numba()
+    features = _pixel_features(h, w, torch.device("cpu")).numpy() / sxy
+    lattice = _hash_lattice(features, nb)
+    return lattice, _hash_normaliser(lattice, nb)
+
+
+def _dense_crf_hashed(
+    rgb: np.ndarray, unary: np.ndarray, *, iterations: int, gaussian_sxy: float,
+    gaussian_compat: float, bilateral_sxy: float, bilateral_srgb: float,
+    bilateral_compat: float, nb: dict,
+) -> np.ndarray:  # fmt: skip
+    """The mean field of ``dense_crf`` with the hashing lattices (CPU): [N, C] q."""
+    h, w, _ = rgb.shape
+    q = np.exp(-unary)
+    q /= q.sum(1, keepdims=True)
+    kernels = []
+    if gaussian_compat != 0:
+        kernels.append((*_hash_position_kernel(h, w, float(gaussian_sxy)), gaussian_compat))
+    if bilateral_compat != 0:
+        xy = _pixel_features(h, w, torch.device("cpu")).numpy()
+        features = np.concatenate([xy / bilateral_sxy, rgb.reshape(-1, 3) / bilateral_srgb], 1)
+        lattice = _hash_lattice(features, nb)
+        kernels.append((lattice, _hash_normaliser(lattice, nb), bilateral_compat))
+    if not kernels or iterations == 0:
+        return q
+    # Both kernels in one vertex space (the second's ids after the first's), each with its
+    # normaliser before the splat and its weight and normaliser after the slice.
+    vertex, weights, pre, post, neighbours, offset = [], [], [], [], [], 0
+    axes = max(lat.neighbours.shape[0] for lat, _, _ in kernels)
+    for lattice, norm, compat in kernels:
+        vertex.append(lattice.vertex + offset)
+        weights.append(lattice.weights)
+        pre.append(np.repeat(norm[:, None], lattice.vertex.shape[1], 1))
+        post.append(lattice.weights * lattice.alpha * compat * norm[:, None])
+        nbr = np.where(lattice.neighbours >= 0, lattice.neighbours + offset, -1)
+        pad = np.full((axes - nbr.shape[0], *nbr.shape[1:]), -1, np.int64)
+        neighbours.append(np.concatenate([nbr, pad]))
+        offset += lattice.num_vertices
+    vertex = np.concatenate(vertex, 1)
+    pointers, points, splat = nb["group"](vertex, np.concatenate(weights, 1),
+                                          np.concatenate(pre, 1), offset)  # fmt: skip
+    return nb["mean_field"](q, unary, int(iterations), pointers, points, splat,
+                            np.concatenate(neighbours, 1), vertex,
+                            np.concatenate(post, 1).astype(np.float32))  # fmt: skip

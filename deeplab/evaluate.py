@@ -186,10 +186,13 @@ def evaluate_dataset(
     trimap: Sequence[int] = (),
     max_images: int | None = None,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> EvalRun:
     """``deeplab eval``: the dataset from the arguments or the training ``config``, the model
     from ``weights`` (a checkpoint describes itself; a bare state_dict is the config's
-    network), ``pretrained``, the config's pretrained entry or its ``out_dir/best.pt``."""
+    network), ``pretrained``, the config's pretrained entry or its ``out_dir/best.pt``.
+    ``shard=(rank, world_size)`` under ``torchrun``: each process scores its share and the
+    confusion matrices are summed."""
     name = dataset or (config.data.dataset if config else None)
     root = data_root or (config.data.root if config else None)
     split = split or (config.data.val_split if config else None) or "val"
@@ -228,7 +231,8 @@ def evaluate_dataset(
             f"{data.num_classes}; evaluate a model trained on {name}"
         )
     results = evaluate_split(segmenter, data, batch_size=batch_size, workers=workers,
-                             trimap=trimap, max_images=max_images, progress=progress)  # fmt: skip
+                             trimap=trimap, max_images=max_images, progress=progress,
+                             shard=shard)  # fmt: skip
     stride = None if segmenter.input_size else getattr(segmenter.model, "output_stride", None)
     setup = dict(scales=list(segmenter.scales), flip=segmenter.flip, crf=segmenter.crf,
                  crop=segmenter.crop, output_stride=stride)  # fmt: skip

@@ -12,15 +12,18 @@ fresh (fine-tuning 21 -> 11 classes). ``load_pretrained``/``load_weights`` also 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from deeplab.checkpoint import ModelInfo, info_of, is_checkpoint, model_from_state
-from deeplab.data.datasets import dataset_classes
+from deeplab.data.datasets import DATASET_NAMES, dataset_classes
 from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.models import build_model
 from deeplab.weights import (
@@ -40,12 +43,18 @@ log = logging.getLogger(__name__)
 Pretrained = str | Path | bool | None
 
 
-def create_model(name: str, *, pretrained: Pretrained = None, **options: Any) -> nn.Module:
+def create_model(
+    name: str, *, pretrained: Pretrained = None, init_from: Pretrained = None, **options: Any
+) -> nn.Module:
     """Build the registered model ``name`` with keyword ``options`` and load ``pretrained``.
 
     Options the weights fix (classes, width) are filled from them; the caller may change
     ``num_classes`` (fine-tuning) and ``output_stride`` / ``align_corners`` (evaluation).
+    ``init_from`` takes the weights of *another* DeepLab (e.g. Google's v3 VOC model for a
+    v3+ model with a decoder): see ``transfer``.
     """
+    if init_from:
+        return transfer(name, init_from, **options)
     if not pretrained:
         return build_model(name, **options)
     entry, path = _resolve(name, pretrained)
@@ -53,7 +62,8 @@ def create_model(name: str, *, pretrained: Pretrained = None, **options: Any) ->
         if entry.kind == "segmentation" and entry.arch != name:
             raise ValueError(
                 f"zoo entry {entry.name!r} holds weights for {entry.arch!r}, not {name!r}: "
-                f"use create_model({entry.arch!r}, pretrained={entry.name!r})"
+                f"use create_model({entry.arch!r}, pretrained={entry.name!r}), or "
+                f"init_from={entry.name!r} (model.init_from) to start {name} from it"
             )
         options = {**dict(entry.options), **options}
         path = entry_path(entry)
@@ -99,6 +109,62 @@ def _from_tflite(arch: str, path: Path, options: dict[str, Any]) -> nn.Module:
     model = build_model(arch, **{**tflite.model_options(graph), **options})
     load_matching(model, tflite.state_dict(graph), origin=str(path))
     return model
+
+
+def transfer(name: str, source: str | Path | bool, **options: Any) -> nn.Module:
+    """A fresh ``name`` model started from another architecture's weights (``source``: a zoo
+    entry or a weight file of a registered model).
+
+    Tensors are matched by name, the v3 head's ``head.aspp.*`` standing for the v3+ head's
+    ``head.*``: equal shapes are copied; a 1x1 projection that gained input channels (ASPP
+    with atrous branches on a zoo head without them) gets the old weights in its first
+    channels and zeros in the new ones, so it starts computing what the source computed.
+    Everything else (decoder, classifier, new branches) starts fresh. The backbone must load
+    completely. Logs which tensors came from where.
+    """
+    entry, path = _resolve(name, source)
+    arch = entry.arch if entry is not None else _arch_of_file(path)
+    src = create_model(arch, pretrained=entry.name if entry else str(path)).state_dict()
+    width = {k: v for k, v in (entry.options if entry else {}).items() if k == "width_mult"}
+    model = build_model(name, **{**width, **options})
+    own = model.state_dict()
+    copied, widened, fresh, to_load = [], [], [], {}
+    for key, value in own.items():
+        alias = key.replace("head.", "head.aspp.", 1)  # v3+'s ASPP is v3's head.aspp
+        old = src.get(key, src.get(alias))
+        if old is not None and old.shape == value.shape:
+            to_load[key] = old
+            copied.append(key)
+        elif (old is not None and old.dim() == 4 and value.dim() == 4 and old.shape[2:] == (1, 1)
+              and old.shape[0] == value.shape[0] and old.shape[1] < value.shape[1]):  # fmt: skip
+            widened_value = torch.zeros_like(value)
+            widened_value[:, : old.shape[1]] = old
+            to_load[key] = widened_value
+            widened.append(key)
+        elif not key.endswith("num_batches_tracked"):
+            fresh.append(key)
+    missing = [k for k in fresh if k.startswith("backbone.")]
+    if missing:
+        raise ValueError(
+            f"{source} does not fit {name}'s backbone ({len(missing)} tensors differ, first "
+            f"{missing[0]}); start from weights of the same backbone and width"
+        )
+    model.load_state_dict(to_load, strict=False)
+    heads = sorted({k.rsplit(".", 2)[0] for k in fresh})
+    log.info("%s from %s: %d tensors copied, %d widened with zeros (%s), %d fresh in %s",
+             name, source, len(copied), len(widened), ", ".join(widened) or "none", len(fresh),
+             ", ".join(heads) or "nothing")  # fmt: skip
+    model.transfer_report = {"copied": copied, "widened": widened, "fresh": fresh}
+    return model
+
+
+def _arch_of_file(path: Path) -> str:
+    if path.suffix == ".tflite":
+        return "deeplabv3_mobilenetv2"
+    obj = load_file(path)
+    if is_checkpoint(obj):
+        return info_of(obj).arch
+    raise ValueError(f"{path} does not say its architecture; give a zoo entry or a checkpoint")
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], *, origin: str) -> list[str]:
@@ -193,6 +259,11 @@ def load_weights(
     options = dict(options or {})
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found")
+    if dataset is not None and dataset not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if path.suffix == ".onnx":
+        network = OnnxNetwork(path)
+        return network, network.info
     if path.suffix == ".tflite":
         graph = tflite.read_deeplab(path)
         model = create_model(arch or "deeplabv3_mobilenetv2", pretrained=str(path), **options)
@@ -240,7 +311,10 @@ def _check_agrees(path: Path, info: ModelInfo, *, arch, num_classes, dataset) ->
     if num_classes is not None and num_classes != info.num_classes:
         conflicts.append(f"--num-classes {num_classes} (it has {info.num_classes})")
     if dataset is not None:
-        names, _ = dataset_classes(dataset, info.num_classes)
+        try:
+            names, _ = dataset_classes(dataset, info.num_classes)
+        except ValueError:  # another class count
+            names = ()
         if tuple(names) != tuple(info.class_names):
             conflicts.append(f"--dataset {dataset} (its classes: {', '.join(info.class_names)})")
     if conflicts:
@@ -277,3 +351,65 @@ def save_entry(name: str, out: str | Path) -> ZooEntry:
     model = create_model(entry.arch, pretrained=entry.name)
     torch.save(model.state_dict(), out)
     return entry
+
+
+class OnnxNetwork(nn.Module):
+    """A model exported by ``deeplab export`` (ONNX), run by onnxruntime, in the place of the
+    PyTorch network: normalised float ``[N, 3, H, W]`` in, class scores ``[N, C, H, W]`` out.
+
+    A ``raw`` export is the network itself. A ``labels`` export (uint8 image in, labels and
+    maybe probabilities out) does its own padding and resizing, so it reports
+    ``output_stride`` 1 and its input is turned back into the uint8 image; its scores are
+    log-probabilities when it has them, else one-hot labels (averaging them over flips and
+    scales is a vote). ``labels(images)`` runs a labels export on uint8 images directly.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError(f"{path}: running ONNX models needs onnxruntime: "
+                              "pip install 'deeplab[export]'") from None  # fmt: skip
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])  # fmt: skip
+        except Exception as e:  # onnxruntime's own errors: protobuf, graph, opset
+            raise ValueError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0]})"
+                             "; export it again with `deeplab export`") from None  # fmt: skip
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "deeplab.info" not in meta:
+            raise ValueError(f"{path} was not exported by `deeplab export` (no deeplab.info "
+                             "metadata); export the model with it")  # fmt: skip
+        info = json.loads(meta["deeplab.info"])
+        self.contract = meta.get("contract", "labels")
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if self.contract == "labels":  # the graph pads and resizes itself
+            info["input_size"] = None
+        self.info = ModelInfo(**{k: tuple(v) if isinstance(v, list) and k != "options" else v
+                                 for k, v in info.items()})  # fmt: skip
+        self.num_classes = self.info.num_classes
+        self.output_stride = 1 if self.contract == "labels" else self.info.output_stride
+        self.align_corners = bool(self.info.options.get("align_corners", True))
+        self.register_buffer("mean", torch.tensor(self.info.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.info.std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.contract == "raw":
+            (logits,) = self.session.run(["logits"], {"input": x.float().cpu().numpy()})
+            return torch.from_numpy(logits)
+        image = (x.float().cpu() * self.std + self.mean).round().clamp(0, 255)
+        image = image.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        if "probabilities" in self.outputs:
+            (probs,) = self.session.run(["probabilities"], {"image": image})
+            return torch.from_numpy(probs).clamp(min=1e-30).log()
+        labels = torch.from_numpy(self.labels(image))
+        return F.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()
+
+    def labels(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]`` -> int64 labels ``[N, H, W]`` (a ``labels`` export)."""
+        return self.session.run(["labels"], {"image": np.ascontiguousarray(images)})[0]

@@ -25,8 +25,13 @@ their class names come from ``deeplab.hub``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-from collections.abc import Iterator, Sequence
+import os
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ from deeplab import hub, viz
 from deeplab.checkpoint import ModelInfo
 from deeplab.crf import dense_crf
 from deeplab.data.images import ImageInput, read_image
+from deeplab.data.labelme import mask_to_labelme
 from deeplab.data.labels import Palette
 from deeplab.data.transforms import as_size
 from deeplab.models.layers import aligned_size, resize, scaled_size
@@ -106,7 +112,8 @@ def save_prediction(
     out.mkdir(parents=True, exist_ok=True)
     written = [out / f"{stem}.png", out / f"{stem}_color.png", out / f"{stem}_overlay.jpg"]
     viz.save_index_png(pred.labels, written[0], pred.palette)
-    Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[1])
+    # Fast zlib level: a colour map compresses well even so, and level 6 costs ~3x the time.
+    Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[1], compress_level=1)
     blend = viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)
     Image.fromarray(blend).save(written[2], quality=92)
     if probabilities:
@@ -262,9 +269,7 @@ class Segmenter:
 
     def normalize(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``HxWx3`` or ``NxHxWx3`` uint8 RGB -> ``Nx3xHxW`` float, normalised, on the device."""
-        x = torch.as_tensor(
-            np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images
-        )
+        x = _tensor(images) if isinstance(images, np.ndarray) else images
         if x.ndim == 3:
             x = x.unsqueeze(0)
         x = x.permute(0, 3, 1, 2).float()
@@ -290,13 +295,74 @@ class Segmenter:
         by_size: dict[tuple[int, ...], list[int]] = {}
         for i, rgb in enumerate(rgbs):
             by_size.setdefault(rgb.shape, []).append(i)
+        labels_only = not probabilities and self._labels_only()
         for indices in by_size.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                probs = self.probabilities(self.normalize(np.stack([rgbs[i] for i in chunk])))
+                batch = np.stack([rgbs[i] for i in chunk])
+                if labels_only:
+                    for i, labels in zip(chunk, self.labels(batch), strict=True):
+                        results[i] = Prediction(labels.astype(np.int64), self.class_names,
+                                                self.palette, image=rgbs[i])  # fmt: skip
+                    continue
+                probs = self.probabilities(self.normalize(batch))
                 for i, p in zip(chunk, probs, strict=True):
                     results[i] = self._finish(rgbs[i], p, keep_probs=probabilities)
         return [r for r in results if r is not None]
+
+    def _labels_only(self) -> bool:
+        """Whether no option needs the class probabilities (then ``labels`` is enough)."""
+        return self.scales == (1.0,) and not self.flip and not self.crf and self.crop is None
+
+    @torch.no_grad()
+    def labels(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]`` images of one size -> labels ``[N, H, W]`` (uint8 up to 256
+        classes): what ``argmax(probabilities)`` gives at one scale, without a softmax or a
+        full-size score map (``upsampled_argmax``). A model made for one canvas gets the
+        image resized into it from uint8, so a 40-megapixel photo is never a float tensor;
+        an exported labels graph takes the images as they are."""
+        if getattr(self.model, "contract", None) == "labels":
+            return self.model.labels(images).astype(np.uint8)
+        scores, upsample = self.scores_for_labels(images)
+        return upsample(scores)
+
+    @torch.no_grad()
+    def scores_for_labels(
+        self, images: np.ndarray
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], np.ndarray]]:
+        """(class scores ``[N, C, h, w]`` at the network's resolution, and the function that
+        turns such scores, or probabilities made from them, into labels at the images'
+        size). Video smoothing averages probabilities in between."""
+        n, h, w, _ = images.shape
+        x = _tensor(images).to(self.device).permute(0, 3, 1, 2)
+        canvas = self._canvas(1.0)
+        if canvas is not None:  # into the canvas, reading only the rows the resize needs
+            x = _bilinear_rows_first(x, self._scaled_size((h, w), 1.0, canvas),
+                                     align_corners=self.align_corners)  # fmt: skip
+        x = ((x.float() - self.mean.to(x.device)) / self.std.to(x.device))
+        fh, fw = x.shape[-2:]
+        grid = canvas or (aligned_size(fh, self._stride(), align_corners=self.align_corners),
+                          aligned_size(fw, self._stride(), align_corners=self.align_corners))
+        x = F.pad(x, (0, grid[1] - fw, 0, grid[0] - fh))
+        with self._autocast():
+            if hasattr(self.model, "scores") and getattr(self.model, "scales", (1.0,)) == (1.0,):
+                scores = self.model.scores(x, None)  # at the feature grid: resized below
+            else:
+                scores = self.model(x)
+        scores = scores.float()
+        ac = self.align_corners
+        if canvas is not None:  # as probabilities(): scores at the canvas, cropped, resized
+            def upsample(s: torch.Tensor) -> np.ndarray:
+                valid = self._resize(s, grid)[:, :, :fh, :fw]
+                return upsampled_argmax(valid, (h, w), align_corners=ac).cpu().numpy()
+        else:
+            def upsample(s: torch.Tensor) -> np.ndarray:
+                return upsampled_argmax(s, grid, crop=(h, w), align_corners=ac).cpu().numpy()
+        return scores, upsample
+
+    def _stride(self) -> int:
+        stride = getattr(self.model, "output_stride", None)
+        return stride if isinstance(stride, int) and stride > 1 else 1
 
     def _finish(self, rgb: np.ndarray, probs: torch.Tensor, *, keep_probs: bool) -> Prediction:
         probs_np = probs.float().cpu().numpy()
@@ -374,12 +440,8 @@ class Segmenter:
         are scored 45.8% val mIoU, padded to 481x369 47.4%."""
         h, w = x.shape[-2:]
         if canvas is None:
-            stride = getattr(self.model, "output_stride", None)
-            if isinstance(stride, int) and stride > 1:
-                canvas = (aligned_size(h, stride, align_corners=self.align_corners),
-                          aligned_size(w, stride, align_corners=self.align_corners))  # fmt: skip
-            else:
-                canvas = (h, w)
+            canvas = (aligned_size(h, self._stride(), align_corners=self.align_corners),
+                      aligned_size(w, self._stride(), align_corners=self.align_corners))
         if (h, w) != canvas:
             x = F.pad(x, (0, max(canvas[1] - w, 0), 0, max(canvas[0] - h, 0)))
         with self._autocast():
@@ -433,12 +495,18 @@ def predict_files(
     alpha: float = 0.5,
     probabilities: bool = False,
     portrait: str | None = None,
+    labelme: bool = False,
+    io_threads: int = 2,
 ) -> Iterator[tuple[Path, Prediction | Exception]]:
     """Segment each file and write its outputs (``save_prediction``) into ``out_dir``.
 
     Yields ``(path, prediction)``, or ``(path, error)`` for a file that cannot be read, so
     that one bad file is reported and the others are still written. Two files with the
-    same name in different folders are written as ``stem`` and ``stem-2``.
+    same name in different folders are written as ``stem`` and ``stem-2``. ``labelme``:
+    also ``<stem>.json``, the prediction as labelme polygons to correct by hand, and
+    ``labels.txt`` for ``deeplab labelme2voc``. ``io_threads`` threads decode the next
+    images and encode the last outputs while the model runs (Pillow and the model both
+    work outside the GIL); a file's outputs are on disk when it is yielded.
     """
     if portrait is not None and portrait not in segmenter.class_names:
         raise ValueError(f"--portrait {portrait!r} is not a class of this model; choose one "
@@ -446,22 +514,51 @@ def predict_files(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the outputs")
-    stems: set[str] = set()
-    for path in paths:
-        try:
-            image = read_image(path)
-        except (OSError, ValueError) as err:
-            yield path, err
-            continue
-        pred = segmenter.predict(image, probabilities=probabilities)
-        stem, n = path.stem, 1
-        while stem in stems:
-            n += 1
-            stem = f"{path.stem}-{n}"
-        stems.add(stem)
+    if labelme:
+        out.mkdir(parents=True, exist_ok=True)
+        names = ["__ignore__", *segmenter.class_names]  # for deeplab labelme2voc
+        (out / "labels.txt").write_text("".join(f"{n}\n" for n in names))
+
+    def write(path: Path, pred: Prediction, stem: str) -> None:
         save_prediction(pred, out, stem, alpha=alpha, probabilities=probabilities,
                         portrait=portrait)  # fmt: skip
-        yield path, pred
+        if labelme:
+            relative = os.path.relpath(path.resolve(), out.resolve())
+            doc = mask_to_labelme(pred.labels, segmenter.class_names, image_path=relative)
+            (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+
+    stems: set[str] = set()
+    with ThreadPoolExecutor(max(1, io_threads)) as pool:
+        reads = deque(pool.submit(read_image, p) for p in paths[: io_threads + 1])
+        writes: deque = deque()
+        for k, path in enumerate(paths):
+            try:
+                image = reads.popleft().result()
+            except (OSError, ValueError) as err:
+                image = err
+            if k + io_threads + 1 < len(paths):  # keep the decoder busy ahead of the model
+                reads.append(pool.submit(read_image, paths[k + io_threads + 1]))
+            if isinstance(image, Exception):
+                while writes:  # in order: the files before it first
+                    done_path, done, future = writes.popleft()
+                    future.result()
+                    yield done_path, done
+                yield path, image
+                continue
+            pred = segmenter.predict(image, probabilities=probabilities)
+            stem, n = path.stem, 1
+            while stem in stems:
+                n += 1
+                stem = f"{path.stem}-{n}"
+            stems.add(stem)
+            writes.append((path, pred, pool.submit(write, path, pred, stem)))
+            while len(writes) > io_threads:  # bounded: memory does not grow with the folder
+                done_path, done, future = writes.popleft()
+                future.result()
+                yield done_path, done
+        for done_path, done, future in writes:
+            future.result()
+            yield done_path, done
 
 
 def _resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
@@ -472,3 +569,84 @@ def _resolve_device(device: str | torch.device | None, model: nn.Module) -> torc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")
     return device
+
+
+def upsampled_argmax(
+    scores: torch.Tensor,
+    size: Sequence[int],
+    *,
+    align_corners: bool,
+    crop: Sequence[int] | None = None,
+    rows_per_strip: int = 256,
+) -> torch.Tensor:
+    """``argmax(resize(scores, size, bilinear))[:, :crop_h, :crop_w]`` without the resize.
+
+    ``scores [N, C, h, w]`` -> labels ``[N, crop_h, crop_w]`` (uint8 when C <= 256). A
+    bilinear output pixel is a convex combination of its 2x2 source cells, so where all
+    four have the same argmax the pixel has it too: only pixels on a class boundary are
+    interpolated, strip by strip. Memory follows the output, not C x output; a 10000x8000
+    photo no longer needs 21 full-size score maps (torch's result, up to exact ties).
+    """
+    n, c, h, w = scores.shape
+    full_h, full_w = size
+    out_h, out_w = crop if crop is not None else size
+    ys0, ys1, wy = _source_cells(h, full_h, out_h, align_corners, scores.device)
+    xs0, xs1, wx = _source_cells(w, full_w, out_w, align_corners, scores.device)
+    low = scores.argmax(1)  # [N, h, w]
+    dtype = torch.uint8 if c <= 256 else torch.int64
+    out = torch.empty((n, out_h, out_w), dtype=dtype, device=scores.device)
+    for b in range(n):
+        for top in range(0, out_h, rows_per_strip):
+            rows = slice(top, min(top + rows_per_strip, out_h))
+            r0, r1 = ys0[rows], ys1[rows]
+            corners = [low[b][r][:, cols] for r in (r0, r1) for cols in (xs0, xs1)]
+            labels = corners[0].clone()
+            edge = (corners[0] != corners[1]) | (corners[0] != corners[2]) | \
+                (corners[0] != corners[3])  # fmt: skip
+            yy, xx = edge.nonzero(as_tuple=True)
+            if yy.numel():  # interpolate the boundary pixels only
+                gy, gx = r0[yy], xs0[xx]
+                gy1, gx1 = r1[yy], xs1[xx]
+                ly, lx = wy[rows][yy][:, None], wx[xx][:, None]
+                s = scores[b]
+                v = ((1 - ly) * ((1 - lx) * s[:, gy, gx].T + lx * s[:, gy, gx1].T)
+                     + ly * ((1 - lx) * s[:, gy1, gx].T + lx * s[:, gy1, gx1].T))  # fmt: skip
+                labels[yy, xx] = v.argmax(1)
+            out[b, rows] = labels.to(dtype)
+    return out
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, read-only arrays included (an image from Pillow
+    is one; nothing here writes to it, so no copy is needed)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _bilinear_rows_first(
+    image: torch.Tensor, size: Sequence[int], *, align_corners: bool
+) -> torch.Tensor:
+    """torch's bilinear resize of a uint8 ``[N, C, H, W]`` image to float, as two 1-D passes
+    that convert to float only the two source rows of each output row: shrinking a
+    40-megapixel photo into a 513 canvas never holds the photo in float."""
+    (h, w), (oh, ow) = image.shape[-2:], size
+    r0, r1, wy = _source_cells(h, oh, oh, align_corners, image.device)
+    c0, c1, wx = _source_cells(w, ow, ow, align_corners, image.device)
+    rows = image[:, :, r0].float() * (1 - wy)[:, None] + image[:, :, r1].float() * wy[:, None]
+    return rows[..., c0] * (1 - wx) + rows[..., c1] * wx
+
+
+def _source_cells(
+    size_in: int, size_out: int, keep: int, align_corners: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the first ``keep`` of ``size_out`` output positions: the lower and upper source
+    cell and the weight of the upper one, as torch's bilinear resize computes them."""
+    dst = torch.arange(keep, device=device, dtype=torch.float64)
+    if align_corners:
+        src = dst * ((size_in - 1) / (size_out - 1)) if size_out > 1 else dst * 0
+    else:
+        src = ((dst + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+    lower = src.floor().long().clamp(max=size_in - 1)
+    upper = (lower + 1).clamp(max=size_in - 1)
+    return lower, upper, (src - lower).float()

@@ -86,13 +86,14 @@ class DeepLab(nn.Module):
             fused = scores if fused is None else torch.maximum(fused, scores)
         return fused
 
-    def scores(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """Class scores of one input scale, resized to ``size``."""
+    def scores(self, x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
+        """Class scores of one input scale, resized to ``size`` (``None``: as the head or
+        decoder gives them, at output stride or 4, for whoever resizes them later)."""
         features = self.backbone(x)
         y = self.head(features["out"])
         if self.decoder is not None:
             y = self.decoder(y, features["low"])
-        return resize(y, size, align_corners=self.align_corners)
+        return y if size is None else resize(y, size, align_corners=self.align_corners)
 
 
 def _deeplab(
@@ -281,9 +282,13 @@ def deeplabv3plus_xception71(
 @register_model
 def deeplabv3plus_mobilenetv2(
     *, num_classes: int = 21, output_stride: int = 16, width_mult: float = 1.0,
-    separable: bool = True, align_corners: bool = True,
+    separable: bool = True, atrous_rates: tuple[int, ...] = V3_RATES,
+    align_corners: bool = True,
 ) -> DeepLab:  # fmt: skip
-    """DeepLab-v3+ MobileNetV2: ASPP (rates 6/12/18) + decoder on features.3 (stride 4)."""
+    """DeepLab-v3+ MobileNetV2: ASPP (rates 6/12/18) + decoder on features.3 (stride 4).
+
+    ``atrous_rates=()`` keeps the model-zoo head (image pooling + 1x1 branch, as in
+    ``deeplabv3_mobilenetv2``) under the decoder, so Google's VOC model fills all of it."""
     return _deeplab(MobileNetV2(width_mult=width_mult, output_stride=output_stride),
                     version="v3+", num_classes=num_classes, separable=separable,
-                    align_corners=align_corners)  # fmt: skip
+                    atrous_rates=tuple(atrous_rates), align_corners=align_corners)  # fmt: skip

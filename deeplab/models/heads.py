@@ -107,9 +107,10 @@ class ImagePooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x.mean(dim=(2, 3), keepdim=True))
-        # A bilinear resize of a 1x1 map is a constant map in both align_corners modes,
-        # so broadcasting is exact and avoids the resize.
-        return y.expand(-1, -1, x.shape[2], x.shape[3])
+        # A bilinear resize of a 1x1 map is a constant map in both align_corners modes, so
+        # broadcasting is exact and avoids the resize. Broadcasting by a product (not
+        # expand): the TFLite converter's layout change breaks its BROADCAST_TO.
+        return y * torch.ones_like(x[:, :1])
 
 
 class ASPP(nn.Module):
