@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 # --- shared option parsers -----------------------------------------------------------------
 
@@ -43,6 +44,20 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give pixel widths such as 1,2,4,8") from None
+
+
+def _shard(args: argparse.Namespace) -> tuple[int, int]:
+    """(rank, world size): under ``torchrun`` predict and eval share the work out, each
+    process on its own GPU when ``--device cuda`` (gloo on CPUs, nccl on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1
+    from deeplab.train import init_process
+
+    cuda = bool(args.device and args.device.startswith("cuda"))
+    proc = init_process("cuda" if cuda else "cpu")
+    if cuda:
+        args.device = str(proc.device)
+    return proc.rank, proc.world_size
 
 
 def _assignments(items: list[str], flag: str, example: str) -> dict:
@@ -79,16 +94,16 @@ def _add_labelme2voc(p: argparse.ArgumentParser) -> None:
 
 
 def _run_labelme2voc(args: argparse.Namespace) -> int:
-    from deeplab.data.images import DataError
     from deeplab.data.labelme import labelme2voc
 
-    try:
-        stems = labelme2voc(args.in_dir, args.out_dir, args.labels)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"converted {len(stems)} labelme file(s) into {args.out_dir}")
-    return 0
+    result = labelme2voc(args.in_dir, args.out_dir, args.labels)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for _, reason in result.failed:
+        print(f"error: {reason}", file=sys.stderr)
+    print(f"converted {len(result.converted)} labelme file(s) into {args.out_dir}"
+          + (f"; {len(result.failed)} could not be converted (above)" if result.failed else ""))
+    return 1 if result.failed else 0
 
 
 # --- deeplab check-data -----------------------------------------------------
@@ -190,6 +205,15 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portrait", metavar="CLASS",
                    help="keep CLASS sharp and blur the rest: <stem>_portrait.jpg")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--labelme", action="store_true",
+                   help="also write <stem>.json, the prediction as labelme polygons to correct")
+    p.add_argument("--mask-video", action="store_true",
+                   help="videos: also write <stem>_mask.mp4 (the colour map)")
+    p.add_argument("--labels", action="store_true",
+                   help="videos: also write each frame's class ids as <stem>_labels/NNNNNN.png")
+    p.add_argument("--smooth", type=float, metavar="ALPHA",
+                   help="videos: average the class probabilities over frames (0.5: the past "
+                   "weighs half) against flicker")
     p.add_argument("--quiet", action="store_true", help="no progress bar or class shares")
     _add_inference_options(p)
 
@@ -199,18 +223,34 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     from deeplab.data.images import find_images
     from deeplab.inference import predict_files, segmenter_for
+    from deeplab.video import is_video, segment_video
 
-    paths = find_images(args.images)
-    if not paths:
+    named = [Path(p) for p in args.images]
+    videos = [p for p in named if p.is_file() and is_video(p)]
+    paths = find_images([p for p in named if p not in videos])
+    if not paths and not videos:
         raise ValueError(f"no images found in {' '.join(args.images)}")
+    rank, world = _shard(args)  # under torchrun each process takes every world-th file
+    paths, videos = paths[rank::world], videos[rank::world]
     segmenter = segmenter_for(
         model=args.model, weights=args.weights, num_classes=args.num_classes,
         dataset=args.dataset,
         model_options=_assignments(args.model_option, "--model-option", "width_mult=0.5"),
         **segmenter_options(args),
     )  # fmt: skip
+    for video in videos:
+        result = segment_video(segmenter, video, args.out, portrait=args.portrait,
+                               mask_video=args.mask_video, labels=args.labels,
+                               smooth=args.smooth, alpha=args.alpha,
+                               progress=not args.quiet)  # fmt: skip
+        if not args.quiet:
+            print(f"{video.name}: {result.frames} frames at {result.frames_per_second:.1f} "
+                  f"frames/s (the clip runs at {result.fps:.3g}); labels change on "
+                  f"{100 * result.flicker:.2f}% of pixels per frame; written: "
+                  f"{', '.join(str(p) for p in result.outputs)}")  # fmt: skip
     results = predict_files(segmenter, paths, args.out, alpha=args.alpha,
-                            probabilities=args.probs, portrait=args.portrait)  # fmt: skip
+                            probabilities=args.probs, portrait=args.portrait,
+                            labelme=args.labelme)  # fmt: skip
     failed = []
     for path, result in tqdm(results, total=len(paths), unit="image",
                              disable=args.quiet or len(paths) < 2):  # fmt: skip
@@ -224,7 +264,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         print(f"{done} of {len(paths)} images written to {args.out}; unreadable: "
               f"{', '.join(str(p) for p in failed)}", file=sys.stderr)
         return 1
-    if not args.quiet:
+    if not args.quiet and paths:
         print(f"{done} image{'s' if done != 1 else ''} written to {args.out}")
     return 0
 
@@ -275,6 +315,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trimap", type=_ints, default=(), metavar="WIDTHS",
                    help="also mean IoU within bands around boundaries, e.g. 1,2,4,8,16,32")
     p.add_argument("--out", metavar="JSON", help="write the metrics here")
+    p.add_argument("--confusion", metavar="PNG", help="confusion-matrix picture (default with "
+                   "--out: beside it, <name>_confusion.png)")
     p.add_argument("--workers", type=int, default=2, help="data loader processes")
     p.add_argument("--max-images", type=int, help="stop after this many images (quick checks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -285,10 +327,12 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from deeplab.config import load_config, to_dict
     from deeplab.evaluate import evaluate_dataset, format_report, save_results
+    from deeplab.viz import save_confusion_matrix
 
     if args.overrides and not args.config:
         raise ValueError(f"overrides {args.overrides} need a config file: -c config.yaml")
     cfg = load_config(args.config, args.overrides) if args.config else None
+    shard = _shard(args)  # first: under torchrun it picks this process's GPU
     run = evaluate_dataset(
         config=cfg, dataset=args.dataset, data_root=args.data_root, split=args.split,
         weights=args.weights, pretrained=args.pretrained, model=args.model,
@@ -296,8 +340,10 @@ def _run_eval(args: argparse.Namespace) -> int:
         model_options=_assignments(args.model_option, "--model-option", "width_mult=0.5"),
         segmenter_options=segmenter_options(args), batch_size=args.batch_size,
         workers=args.workers, trimap=args.trimap, max_images=args.max_images,
-        progress=not args.quiet,
+        progress=not args.quiet, shard=shard,
     )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # the results are the same on every process: rank 0 reports them
     print(format_report(run.results, run.class_names))
     print(f"{run.dataset} {run.split}: mean IoU {100 * run.results['miou']:.2f}% on "
           f"{run.results['images']} images "
@@ -307,6 +353,15 @@ def _run_eval(args: argparse.Namespace) -> int:
                      split=run.split, class_names=list(run.class_names), **run.setup,
                      config=to_dict(cfg) if cfg else None)  # fmt: skip
         print(f"metrics written to {args.out}")
+    picture = args.confusion or (str(Path(args.out).with_suffix("")) + "_confusion.png"
+                                 if args.out else None)  # fmt: skip
+    if picture:
+        try:
+            save_confusion_matrix(run.results["confusion_matrix"], run.class_names, picture,
+                                  title=f"{run.dataset} {run.split}")  # fmt: skip
+            print(f"confusion matrix drawn in {picture}")
+        except ImportError as e:
+            print(f"note: no confusion picture: {e}", file=sys.stderr)
     return 0
 
 
@@ -326,8 +381,6 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import yaml
 
     from deeplab import checkpoint
@@ -353,6 +406,87 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- deeplab export -----------------------------------------------------------
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="zoo entry (default: the VOC model), a registered "
+                   "architecture (fresh weights), or with --weights the file's architecture")
+    p.add_argument("--weights", help="training checkpoint, state_dict or .tflite file")
+    p.add_argument("--num-classes", type=int, help="classes of a bare state_dict")
+    p.add_argument("--dataset", help="class names for a bare state_dict (voc, camvid, ...)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option for a bare state_dict, e.g. width_mult=0.5")
+    p.add_argument("--format", default="onnx", choices=("onnx", "tflite"))
+    p.add_argument("--out", required=True, help="the file to write (model.onnx, model.tflite)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="ONNX: also output the softmax probabilities [N, C, H, W]")
+    p.add_argument("--raw", action="store_true",
+                   help="ONNX: the bare network (normalised float NCHW in, logits out)")
+    p.add_argument("--input-size", type=_size, help="TFLite: the fixed input size (default: "
+                   "the model's canvas, or 513)")
+    p.add_argument("--check-images", metavar="DIR",
+                   help="photos for the parity check (default: examples/)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from deeplab.export import ExportError, export, model_to_export
+
+    model, info = model_to_export(
+        model=args.model, weights=args.weights, num_classes=args.num_classes,
+        dataset=args.dataset,
+        model_options=_assignments(args.model_option, "--model-option", "width_mult=0.5"),
+    )  # fmt: skip
+    try:
+        path, parity = export(model, info, args.out, format=args.format,
+                              probabilities=args.probabilities, raw=args.raw,
+                              check=not args.no_check, check_folder=args.check_images,
+                              input_size=args.input_size)  # fmt: skip
+    except ExportError as e:  # a failed check keeps the file for inspection: status 1
+        print(f"deeplab export: {e}", file=sys.stderr)
+        return 1 if Path(args.out).exists() else 2
+    print(f"{info.arch} ({info.num_classes} classes) exported to {path}")
+    if parity is not None:
+        print(f"parity with PyTorch: {parity}")
+    return 0
+
+
+# --- deeplab serve ------------------------------------------------------------
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", default=[],
+                   help="zoo entry to serve (repeatable; default: the VOC model)")
+    p.add_argument("--weights", action="append", default=[],
+                   help="checkpoint or exported .onnx file to serve (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--concurrency", type=int, default=2, help="images segmented at once")
+    p.add_argument("--queue", type=int, default=8, help="requests waiting; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=20.0)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:1 (default cpu)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from deeplab.inference import segmenter_for
+    from deeplab.serve.app import Limits, create_app
+
+    segmenters = {}
+    for name in args.model or ([] if args.weights else [None]):
+        seg = segmenter_for(model=name, device=args.device)
+        segmenters[name or "default"] = seg
+    for weights in args.weights:
+        segmenters[Path(weights).stem] = segmenter_for(weights=weights, device=args.device)
+    app = create_app(segmenters, limits=Limits(args.concurrency, args.queue,
+                                               args.max_upload_mb))  # fmt: skip
+    print(f"serving {', '.join(segmenters)} on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 # --- new commands go above this line ----------------------------------------
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -368,6 +502,9 @@ COMMANDS: list[Command] = [
     ("zoo", "list pretrained weights; fetch or convert one", _add_zoo, _run_zoo),
     ("train", "train a model from a YAML recipe with key=value overrides",
      _add_train, _run_train),
+    ("export", "export a model to ONNX or TFLite and check it against PyTorch",
+     _add_export, _run_export),
+    ("serve", "a web page and REST API for segmenting photos", _add_serve, _run_serve),
 ]  # fmt: skip
 
 
@@ -401,7 +538,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (argparse printed it) or --help: its status
+        return int(e.code or 0)
     logger = logging.getLogger("deeplab")
     if not any(isinstance(h, _Print) for h in logger.handlers):
         logger.addHandler(_Print())

@@ -1,0 +1,1 @@
+"""``deeplab serve``: a web page and a REST API over the segmenter (app.py)."""
