@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from deeplab.config import parse_assignments
 from deeplab.hub import create_model
 from deeplab.losses import SegmentationLoss
 from deeplab.train import build_optimizer, configure_batchnorm, freeze_modules, set_train_mode
@@ -43,7 +44,10 @@ class Variant:
         torch.manual_seed(0)
         names = [] if frozen == "none" else frozen.split(",")
         self.label = (name, amp, bn, layout, f"{len(names)} modules" if names else "none")
-        self.model = create_model(name, num_classes=num_classes, output_stride=output_stride)
+        name, _, option = name.partition(":")  # e.g. deeplabv3plus_mobilenetv2:atrous_rates=[]
+        extra = dict(parse_assignments([option], what="option", example="x=1")) if option else {}
+        self.model = create_model(name, num_classes=num_classes, output_stride=output_stride,
+                                  **extra)
         frozen_bn = configure_batchnorm(self.model, bn, images_per_bn=batch)
         set_train_mode(self.model, frozen_bn + freeze_modules(self.model, names))
         fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
@@ -75,7 +79,8 @@ class Variant:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MAIN_VARIANTS))
+    p.add_argument("--models", nargs="+", default=list(MAIN_VARIANTS),
+                   help="registered names, optionally NAME:option=value")
     p.add_argument("--crop", default="321", help="H or HxW (default 321)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=2, help="timed steps per round")
