@@ -571,38 +571,31 @@ def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of
     return vertex, neighbours, count
 
 
-def _nb_group(vertex, weight, pre, n_vertices):  # numba, serial: splat rows by vertex
-    n_points, width = vertex.shape
-    pointers = np.zeros(n_vertices + 1, np.int64)
-    for n in range(n_points):
-        for r in range(width):
-            pointers[vertex[n, r] + 1] += 1
-    for v in range(n_vertices):
-        pointers[v + 1] += pointers[v]
-    fill = pointers[:-1].copy()
-    points = np.empty(n_points * width, np.int64)
-    weights = np.empty(n_points * width, np.float32)
-    for n in range(n_points):
-        for r in range(width):
-            e = fill[vertex[n, r]]
-            points[e] = n
-            weights[e] = weight[n, r] * pre[n, r]
-            fill[vertex[n, r]] += 1
-    return pointers, points, weights
+def _nb_splat_blur(q, vertex, splat, neighbours, lattice, partial):
+    """Splat ``q`` [N, C] onto the lattice (``vertex`` [N, R] ids, ``splat`` [N, R] weights)
+    and blur along every axis with [1/2, 1, 1/2]; returns the buffer holding the result.
 
-
-def _nb_splat_blur(q, pointers, points, weights, neighbours, lattice, spare):
-    """Splat ``q`` [N, C] onto the lattice vertices, blur along every axis with
-    [1/2, 1, 1/2]; returns the buffer holding the result (numba, parallel)."""
-    c = q.shape[1]
-    n_vertices = pointers.shape[0] - 1
+    The splat walks the points in order, each thread into its own copy of the (small,
+    cache-resident) lattice, so ``q`` streams from memory once (numba, parallel)."""
+    n_points, c = q.shape
+    n_vertices = lattice.shape[0]
+    chunks = partial.shape[0]
+    size = (n_points + chunks - 1) // chunks
+    for t in _prange(chunks):
+        part = partial[t]
+        part[:] = 0.0
+        for p in range(t * size, min(n_points, (t + 1) * size)):
+            for r in range(vertex.shape[1]):
+                v, w = vertex[p, r], splat[p, r]
+                for k in range(c):
+                    part[v, k] += w * q[p, k]
     for v in _prange(n_vertices):
         for k in range(c):
-            lattice[v, k] = 0.0
-        for e in range(pointers[v], pointers[v + 1]):
-            p, w = points[e], weights[e]
-            for k in range(c):
-                lattice[v, k] += w * q[p, k]
+            total = 0.0
+            for t in range(chunks):
+                total += partial[t, v, k]
+            lattice[v, k] = total
+    spare = partial[0]
     for j in range(neighbours.shape[0]):
         for v in _prange(n_vertices):
             a, b = neighbours[j, v, 0], neighbours[j, v, 1]
@@ -629,14 +622,14 @@ def _nb_slice(lattice, vertex, post, out):
     return out
 
 
-def _nb_mean_field(q, unary, iterations, pointers, points, weights, neighbours, vertex, post):
+def _nb_mean_field(q, unary, iterations, vertex, splat, post, neighbours, n_vertices, chunks):
     """``iterations`` of ``q = softmax(filter(q) - unary)``, the slice fused with the
     update; ``q`` [N, C] is updated in place (numba, parallel)."""
     n_points, c = q.shape
-    lattice = np.zeros((pointers.shape[0] - 1, c), np.float32)
-    spare = np.zeros_like(lattice)
+    lattice = np.zeros((n_vertices, c), np.float32)
+    partial = np.zeros((chunks, n_vertices, c), np.float32)
     for _ in range(iterations):
-        message = _nb_splat_blur(q, pointers, points, weights, neighbours, lattice, spare)
+        message = _nb_splat_blur(q, vertex, splat, neighbours, lattice, partial)
         for n in _prange(n_points):
             logits = np.empty(c, np.float32)
             for k in range(c):
@@ -679,7 +672,6 @@ def _numba() -> dict | None:
         _NUMBA = {
             "elevate": numba.njit(parallel=True, **fast)(_nb_elevate),
             "hash": numba.njit(**fast)(_nb_hash),
-            "group": numba.njit(**fast)(_nb_group),
             "splat_blur": numba.njit(parallel=True, **fast)(_nb_splat_blur),
             "slice": numba.njit(parallel=True, **fast)(_nb_slice),
         }
@@ -735,14 +727,20 @@ def _hash_lattice(features: np.ndarray, nb: dict) -> _HashLattice:
 def _hash_normaliser(lattice: _HashLattice, nb: dict) -> np.ndarray:
     """[N] = 1 / sqrt(K 1): the symmetric normalisation of the released code."""
     n, m = lattice.vertex.shape[0], lattice.num_vertices
-    pointers, points, weights = nb["group"](lattice.vertex, lattice.weights,
-                                            np.ones_like(lattice.weights), m)  # fmt: skip
-    buffers = np.zeros((m, 1), np.float32), np.zeros((m, 1), np.float32)
-    blurred = nb["splat_blur"](np.ones((n, 1), np.float32), pointers, points, weights,
-                               lattice.neighbours, *buffers)  # fmt: skip
+    chunks = _chunks()
+    blurred = nb["splat_blur"](np.ones((n, 1), np.float32), lattice.vertex, lattice.weights,
+                               lattice.neighbours, np.zeros((m, 1), np.float32),
+                               np.zeros((chunks, m, 1), np.float32))  # fmt: skip
     out = nb["slice"](blurred, lattice.vertex, lattice.weights * lattice.alpha,
                       np.empty((n, 1), np.float32))  # fmt: skip
     return (1.0 / np.sqrt(out[:, 0] + 1e-20)).astype(np.float32)
+
+
+def _chunks() -> int:
+    """One splat buffer per numba thread."""
+    import numba
+
+    return max(1, numba.get_num_threads())
 
 
 @functools.lru_cache(maxsize=4)
@@ -786,8 +784,7 @@ def _dense_crf_hashed(
         neighbours.append(np.concatenate([nbr, pad]))
         offset += lattice.num_vertices
     vertex = np.concatenate(vertex, 1)
-    pointers, points, splat = nb["group"](vertex, np.concatenate(weights, 1),
-                                          np.concatenate(pre, 1), offset)  # fmt: skip
-    return nb["mean_field"](q, unary, int(iterations), pointers, points, splat,
-                            np.concatenate(neighbours, 1), vertex,
-                            np.concatenate(post, 1).astype(np.float32))  # fmt: skip
+    splat = (np.concatenate(weights, 1) * np.concatenate(pre, 1)).astype(np.float32)
+    return nb["mean_field"](q, unary, int(iterations), vertex, splat,
+                            np.concatenate(post, 1).astype(np.float32),
+                            np.concatenate(neighbours, 1), offset, _chunks())  # fmt: skip
