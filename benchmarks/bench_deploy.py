@@ -33,7 +33,7 @@ import torch
 from deeplab.data.images import find_images, read_image
 from deeplab.export import export_onnx, network_input, onnx_session, tflite_interpreter
 from deeplab.hub import load_pretrained
-from deeplab.inference import Segmenter, predict_files
+from deeplab.inference import predict_files, segmenter_for
 from deeplab.weights import entry_path, get_entry
 
 CL = torch.channels_last
@@ -123,29 +123,21 @@ def _tflite_runner(path: Path, info):
     return run
 
 
-def predict_table(entry: str, photos: list[Path], tmp: Path, repeats: int) -> None:
-    """``deeplab predict`` on a folder (decode, segment, write three files per image) against
-    the bare forward pass of its backend at the model's canvas, in images/s."""
-    model, info = load_pretrained(entry)
-    labels_graph = export_onnx(model, info, tmp / f"{entry}.onnx")
-    raw_graph = onnx_session(export_onnx(model, info, tmp / f"{entry}_raw.onnx", raw=True),
-                             threads=torch.get_num_threads())  # fmt: skip
-    canvas = torch.zeros(1, 3, *info.input_size)
+def predict_table(entry: str, photos: list[Path], repeats: int) -> None:
+    """``deeplab predict`` on a folder (decode, segment, write three files per image) with
+    each runtime, against the bare forward pass of that runtime at the model's canvas."""
     first = read_image(photos[0])
     print(f"\ndeeplab predict, {entry}, {len(photos)} photos of {first.shape[1]}x"
           f"{first.shape[0]}, {torch.get_num_threads()} threads")
-    print("| backend | predict img/s | bare forward img/s | predict / forward |")
+    print("| runtime | predict img/s | bare forward img/s | predict / forward |")
     print("|---|---|---|---|")
-    backends = {
-        "PyTorch": (lambda: Segmenter.from_pretrained(entry),
-                    lambda: model(canvas)),
-        "onnxruntime": (lambda: Segmenter.from_weights(labels_graph),
-                        lambda: raw_graph.run(["logits"], {"input": canvas.numpy()})),
-    }  # fmt: skip
-    for name, (make, forward) in backends.items():
-        segmenter = make()
+    for runtime in ("torch", "onnxruntime"):
+        segmenter = segmenter_for(model=entry, runtime=runtime)
+        segmenter.labels(first[None])  # the layout choice and warm-up
+        canvas = torch.zeros(1, 3, *segmenter.input_size)
         with torch.no_grad():
-            bare = 1000 / rounds({"f": forward}, 3 * repeats)["f"]
+            bare = 1000 / rounds({"f": lambda s=segmenter, c=canvas: s._run(s.model, c)},
+                                 3 * repeats)["f"]  # fmt: skip
         times = []
         for _ in range(repeats):
             with tempfile.TemporaryDirectory() as out:
@@ -154,7 +146,8 @@ def predict_table(entry: str, photos: list[Path], tmp: Path, repeats: int) -> No
                     pass
                 times.append(time.perf_counter() - start)
         rate = len(photos) / statistics.median(times)
-        print(f"| {name} | {rate:.2f} | {bare:.2f} | {100 * rate / bare:.0f}% |")
+        label = f"{runtime} ({segmenter.memory_format})" if runtime == "torch" else runtime
+        print(f"| {label} | {rate:.2f} | {bare:.2f} | {100 * rate / bare:.0f}% |")
 
 
 def crf_table(camvid: Path, repeats: int) -> None:
@@ -196,7 +189,7 @@ def main() -> None:
         if "predict" not in args.skip:
             photos = find_images([args.photos])[: args.count]
             for entry in ("deeplabv3_mnv2_pascal_quant", "deeplabv3_257_mv_gpu"):
-                predict_table(entry, photos, Path(tmp), max(1, args.repeats // 3))
+                predict_table(entry, photos, max(1, args.repeats // 3))
     if "crf" not in args.skip:
         crf_table(args.camvid, args.repeats)
 

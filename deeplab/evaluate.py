@@ -36,7 +36,7 @@ from deeplab.crf import dense_crf
 from deeplab.data.datasets import SegmentationDataset, build_dataset
 from deeplab.data.labels import IGNORE_INDEX
 from deeplab.data.transforms import eval_transform, pad_collate
-from deeplab.inference import Segmenter
+from deeplab.inference import Segmenter, channel_argmax, use_runtime
 from deeplab.metrics import ConfusionMatrix, TrimapIoU
 
 
@@ -85,7 +85,7 @@ def evaluate(
         probs = segmenter.probabilities(images)
         if segmenter.crf:
             probs = _refine_with_crf(segmenter, images, probs)
-        preds = probs.argmax(1).cpu()
+        preds = channel_argmax(probs).cpu()
         matrix.update(preds, masks)
         if bands is not None:
             bands.update(preds, masks)
@@ -187,12 +187,13 @@ def evaluate_dataset(
     max_images: int | None = None,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    runtime: str = "torch",
 ) -> EvalRun:
     """``deeplab eval``: the dataset from the arguments or the training ``config``, the model
     from ``weights`` (a checkpoint describes itself; a bare state_dict is the config's
     network), ``pretrained``, the config's pretrained entry or its ``out_dir/best.pt``.
     ``shard=(rank, world_size)`` under ``torchrun``: each process scores its share and the
-    confusion matrices are summed."""
+    confusion matrices are summed. ``runtime``: see ``inference.use_runtime``."""
     name = dataset or (config.data.dataset if config else None)
     root = data_root or (config.data.root if config else None)
     split = split or (config.data.val_split if config else None) or "val"
@@ -225,6 +226,7 @@ def evaluate_dataset(
         raise ValueError(
             "say what to evaluate: --weights FILE, --pretrained NAME or -c config.yaml"
         )
+    segmenter = use_runtime(segmenter, runtime)
     if segmenter.num_classes != data.num_classes:
         raise ValueError(
             f"the model predicts {segmenter.num_classes} classes but {name} has "

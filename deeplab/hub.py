@@ -373,6 +373,9 @@ class OnnxNetwork(nn.Module):
                               "pip install 'deeplab[export]'") from None  # fmt: skip
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Idle threads sleep rather than spin: the image decoding and writing threads of
+        # deeplab predict need the cores between two forward passes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

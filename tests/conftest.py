@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402  (after the OpenMP setting, which is read at import)
 
 REPO = Path(__file__).resolve().parents[1]
+# Files the library caches (ONNX exports of the runtime choice) go to a folder of the test
+# session, not the user's ~/.cache/deeplab.
+os.environ.setdefault("DEEPLAB_CACHE", tempfile.mkdtemp(prefix="deeplab-test-cache-"))
 SHARED = Path(os.environ.get("DEEPLAB_SHARED", REPO.parent / "shared"))
+# Pretrained weights come from the shared folder (no downloads in tests); a test that needs
+# another folder sets its own.
+if (SHARED / "weights").is_dir():
+    os.environ.setdefault("DEEPLAB_WEIGHTS_DIR", str(SHARED / "weights"))
 
 # Two cores on CI: keep intra-op threads small so parallel tests don't thrash.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

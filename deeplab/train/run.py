@@ -248,8 +248,10 @@ def validate_model(
     """Validation during training: ``evaluate_split`` at ``eval.output_stride``, this
     process's shard, the model's output stride restored afterwards."""
     train_os = getattr(model, "output_stride", None)
+    layout = "channels_last" if cfg.train.channels_last else "contiguous"  # as it trains
     segmenter = Segmenter(model, mean=mean, std=std, class_names=class_names,
-                          precision=PRECISION[cfg.train.amp], device=proc.device)  # fmt: skip
+                          precision=PRECISION[cfg.train.amp], device=proc.device,
+                          memory_format=layout)  # fmt: skip
     if cfg.eval.output_stride:
         segmenter.set_output_stride(cfg.eval.output_stride)
     try:
