@@ -36,6 +36,7 @@ from deeplab.evaluate import evaluate_split
 from deeplab.inference import Segmenter
 from deeplab.train import Process, train
 from deeplab.train.run import PRECISION, build_datasets, build_model
+from deeplab.train.runtime import resolve_amp
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DEEPLAB_SHARED", REPO.parent / "shared"))
@@ -96,6 +97,10 @@ def main() -> None:
     split = ["data.val_split=holdout"] if args.holdout else []
     cfg = load_config(args.config, [f"data.root={root}", f"train.out_dir={args.out}", *split,
                                     *args.overrides])  # fmt: skip
+    if cfg.train.amp == "auto":  # the calibration's validation uses the resolved precision
+        amp, why = resolve_amp(torch.device("cpu"))
+        print(f"train.amp=auto: {amp} ({why})")
+        cfg = apply_overrides(cfg, [f"train.amp={amp}"])
     val_name = "holdout (101 frames of drive 0006R0)" if args.holdout else "val (101 images)"
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

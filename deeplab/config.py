@@ -122,7 +122,9 @@ class TrainConfig:
     iters: int = 30000
     batch_size: int = 16  # images per optimizer step, summed over processes and accumulation
     accum_steps: int = 1  # gradient accumulation: micro-batch = batch / (accum * world size)
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only, with a GradScaler)
+    # none | bf16 | fp16 (fp16 on CUDA only, with a GradScaler) | auto: bf16 where the
+    # hardware has it natively, else none (deeplab.train.runtime.resolve_amp)
+    amp: str = "none"
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None: torch's default
@@ -308,7 +310,7 @@ def _type_name(tp: Any) -> str:
 # --- validation ---------------------------------------------------------------------------
 
 BN_MODES = ("auto", "finetune", "freeze", "freeze_backbone")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("none", "bf16", "fp16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -300,3 +300,27 @@ def test_metrics_log_holds_each_step_once_after_a_resume(tmp_path):
     train(cfg, model=TinyNet(), train_set=Synthetic(16), resume=tmp_path / "last.pt")
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16", "bf16"),
+                                             ("fpu sse amx_tile amx_bf16", "bf16"),
+                                             ("fpu sse avx2 avx512f", "none")])  # fmt: skip
+def test_amp_auto_is_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, flags, expected):
+    import pathlib
+
+    from deeplab.train.runtime import resolve_amp
+
+    real = pathlib.Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if str(self) == "/proc/cpuinfo":
+            return f"processor : 0\nflags : {flags}\n"
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read_text)
+    amp, why = resolve_amp(torch.device("cpu"))
+    assert amp == expected and ("bf16" in why)
+    # A run with train.amp=auto saves the resolved precision with its config.
+    train(tiny_config(tmp_path, "train.iters=1", "train.amp=auto"), model=TinyNet(),
+          train_set=Synthetic(4))  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["amp"] == expected

@@ -46,6 +46,7 @@ from deeplab.train.runtime import (
     autocast_for,
     gather_rng_states,
     init_process,
+    resolve_amp,
     seed_everything,
     set_rng_state,
     unwrap,
@@ -75,6 +76,11 @@ def train(
     """
     proc = init_process(cfg.train.device)
     validate(cfg, world_size=proc.world_size)
+    if cfg.train.amp == "auto":  # resolved once, and saved resolved with the run
+        amp, why = resolve_amp(proc.device)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp))
+        if proc.is_main:
+            log.info("train.amp=auto: %s (%s)", amp, why)
     t, out = cfg.train, Path(cfg.train.out_dir)
     if proc.is_main:
         out.mkdir(parents=True, exist_ok=True)

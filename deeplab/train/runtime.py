@@ -76,6 +76,25 @@ def any_process(flag: bool, proc: Process) -> bool:
     return bool(t.item())
 
 
+def resolve_amp(device: torch.device) -> tuple[str, str]:
+    """``train.amp=auto``: (bf16 or none, why). bf16 where the hardware computes it natively
+    (CUDA with bf16; a CPU with AMX-BF16 or AVX512-BF16: 1.8x faster training steps on an
+    Intel Xeon with AMX, docs/BENCHMARKS.md); elsewhere fp32, since emulated bf16 ran 7x
+    slower on an AMD EPYC without it."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{torch.cuda.get_device_name(device)} computes bf16"
+        return "none", f"{torch.cuda.get_device_name(device)} has no bf16"
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    native = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    if native:
+        return "bf16", f"the CPU has {', '.join(native)}"
+    return "none", "the CPU has no native bf16 (amx_bf16/avx512_bf16), so fp32"
+
+
 def autocast_for(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A context factory: bf16/fp16 autocast, or nothing for ``amp="none"``."""
     if amp == "none":
