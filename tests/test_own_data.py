@@ -21,11 +21,11 @@ from deeplab.checkpoint import read as load_checkpoint
 from deeplab.cli import main
 
 H, W = 40, 48
-TRAIN = ["-c", "configs/camvid_v3plus_mobilenetv2.yaml", "model.backbone_weights=null",
-         "model.name=deeplabv3_mobilenetv2", "model.options={width_mult: 0.5}",
-         "model.frozen_modules=[]", "data.crop_size=33", "train.batch_size=2", "train.iters=4",
-         "train.val_every=0", "train.ckpt_every=2", "train.progress=false",
-         "data.num_workers=0", "loss.class_weights=null"]  # fmt: skip
+TRAIN = ["-c", "configs/camvid_v3plus_mobilenetv2.yaml", "model.init_from=null",
+         "model.backbone_weights=null", "model.name=deeplabv3_mobilenetv2",
+         "model.options={width_mult: 0.5}", "model.frozen_modules=[]", "data.crop_size=33",
+         "train.batch_size=2", "train.iters=4", "train.val_every=0", "train.ckpt_every=2",
+         "train.progress=false", "data.num_workers=0", "loss.class_weights=null"]  # fmt: skip
 
 
 def _mask(seed: int) -> np.ndarray:
