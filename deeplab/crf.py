@@ -325,7 +325,10 @@ def clear_cache() -> None:
     _position_kernel.cache_clear()
 
 
-def unary_from_probs(probs: torch.Tensor, clip: float = 1e-5) -> torch.Tensor:
+_UNARY_CLIP = 1e-5
+
+
+def unary_from_probs(probs: torch.Tensor, clip: float = _UNARY_CLIP) -> torch.Tensor:
     """Softmax probabilities -> unary energy -log(p), clipped so that log(0) stays finite."""
     return -torch.log(probs.clamp(min=clip, max=1.0))
 
@@ -406,18 +409,22 @@ def dense_crf(
     c, h, w = probs.shape
     dev = probs.device
 
-    # Pixel-major [N, C] so that each lattice vertex holds a contiguous vector.
-    unary = unary_from_probs(probs).reshape(c, -1).t().contiguous()
     nb = _numba() if dev.type == "cpu" else None
     if nb is not None:  # the released code's loops, compiled: faster on a CPU
         with _numba_threads():
+            # Pixel-major [N, C] unary and q = softmax(-unary) in one parallel pass.
+            unary = np.empty((h * w, c), np.float32)
+            q = np.empty((h * w, c), np.float32)
+            nb["prepare"](probs.numpy().reshape(c, -1), _UNARY_CLIP, unary, q)
             q = _dense_crf_hashed(
-                image.numpy(), unary.numpy(), iterations=iterations, gaussian_sxy=gaussian_sxy,
+                image.numpy(), unary, q, iterations=iterations, gaussian_sxy=gaussian_sxy,
                 gaussian_compat=gaussian_compat, bilateral_sxy=bilateral_sxy,
                 bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat, nb=nb,
             )  # fmt: skip
-        out = np.ascontiguousarray(q.T.reshape(c, h, w))
+            out = nb["transpose"](q, np.empty((c, h * w), np.float32)).reshape(c, h, w)
         return out if as_numpy else torch.from_numpy(out)
+    # Pixel-major [N, C] so that each lattice vertex holds a contiguous vector.
+    unary = unary_from_probs(probs).reshape(c, -1).t().contiguous()
     xy = _pixel_features(h, w, dev)
     # Each kernel: its lattice, its normaliser D^-1/2 with D = K 1 (the kernel
     # used is D^-1/2 K D^-1/2, ICML 2013, the released code's default) and its
@@ -474,66 +481,74 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
 # disk after the first run); without numba the torch path runs everywhere.
 
 
-def _nb_elevate(features, scale, rem0, rank, bary):  # numba, parallel over points
+def _nb_elevate(features, scale, rem0, rank, bary, chunks):  # numba, parallel over points
     n_points, d = features.shape
     d1 = d + 1
-    for n in _prange(n_points):
+    size = (n_points + chunks - 1) // chunks
+    for t in _prange(chunks):  # scratch arrays once per thread, not once per point
         elevated = np.empty(d1)
-        # Elevate onto the plane sum(x) = 0 of R^{d+1} (Adams et al. 2010, p. 5-6).
-        total = 0.0
-        for j in range(d, 0, -1):
-            cf = features[n, j - 1] * scale[j - 1]
-            elevated[j] = total - j * cf
-            total += cf
-        elevated[0] = total
-        # The closest remainder-0 point: each coordinate rounded to a multiple of d+1.
-        shift = 0
-        for j in range(d1):
-            v = elevated[j] / d1
-            up, down = np.ceil(v) * d1, np.floor(v) * d1
-            rem0[n, j] = int(up) if up - elevated[j] < elevated[j] - down else int(down)
-            shift += rem0[n, j]
-        shift //= d1
-        # Rank the residuals (decreasing; ties: the lower index first), then move back
-        # onto the plane (p. 10).
-        for j in range(d1):
-            rank[n, j] = 0
-        for i in range(d):
-            for j in range(i + 1, d1):
-                if elevated[i] - rem0[n, i] < elevated[j] - rem0[n, j]:
-                    rank[n, i] += 1
-                else:
-                    rank[n, j] += 1
-        for j in range(d1):
-            if shift > 0 and rank[n, j] >= d1 - shift:
-                rank[n, j] -= d1 - shift
-                rem0[n, j] -= d1
-            elif shift > 0:
-                rank[n, j] += shift
-            elif shift < 0 and rank[n, j] < -shift:
-                rank[n, j] += d1 + shift
-                rem0[n, j] += d1
-            elif shift < 0:
-                rank[n, j] += shift
-        # Barycentric coordinates within the simplex.
-        b = np.zeros(d1 + 1)
-        for j in range(d1):
-            v = (elevated[j] - rem0[n, j]) / d1
-            b[d - rank[n, j]] += v
-            b[d - rank[n, j] + 1] -= v
-        b[0] += 1.0 + b[d1]
-        for j in range(d1):
-            bary[n, j] = b[j]
+        b = np.empty(d1 + 1)
+        for n in range(t * size, min(n_points, (t + 1) * size)):
+            _nb_elevate_point(features, scale, rem0, rank, bary, n, elevated, b)
+
+
+def _nb_elevate_point(features, scale, rem0, rank, bary, n, elevated, b):
+    d = features.shape[1]
+    d1 = d + 1
+    # Elevate onto the plane sum(x) = 0 of R^{d+1} (Adams et al. 2010, p. 5-6).
+    total = 0.0
+    for j in range(d, 0, -1):
+        cf = features[n, j - 1] * scale[j - 1]
+        elevated[j] = total - j * cf
+        total += cf
+    elevated[0] = total
+    # The closest remainder-0 point: each coordinate rounded to a multiple of d+1.
+    shift = 0
+    for j in range(d1):
+        v = elevated[j] / d1
+        up, down = np.ceil(v) * d1, np.floor(v) * d1
+        rem0[n, j] = int(up) if up - elevated[j] < elevated[j] - down else int(down)
+        shift += rem0[n, j]
+    shift //= d1
+    # Rank the residuals (decreasing; ties: the lower index first), then move back
+    # onto the plane (p. 10).
+    for j in range(d1):
+        rank[n, j] = 0
+    for i in range(d):
+        for j in range(i + 1, d1):
+            if elevated[i] - rem0[n, i] < elevated[j] - rem0[n, j]:
+                rank[n, i] += 1
+            else:
+                rank[n, j] += 1
+    for j in range(d1):
+        if shift > 0 and rank[n, j] >= d1 - shift:
+            rank[n, j] -= d1 - shift
+            rem0[n, j] -= d1
+        elif shift > 0:
+            rank[n, j] += shift
+        elif shift < 0 and rank[n, j] < -shift:
+            rank[n, j] += d1 + shift
+            rem0[n, j] += d1
+        elif shift < 0:
+            rank[n, j] += shift
+    # Barycentric coordinates within the simplex.
+    b[:] = 0.0
+    for j in range(d1):
+        v = (elevated[j] - rem0[n, j]) / d1
+        b[d - rank[n, j]] += v
+        b[d - rank[n, j] + 1] -= v
+    b[0] += 1.0 + b[d1]
+    for j in range(d1):
+        bary[n, j] = b[j]
 
 
 def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of densecrf
     n_points, d1 = rank.shape
     d = d1 - 1
-    size = 1
-    while size < 2 * n_points * d1:
-        size *= 2
-    keys = np.full(size, -1, np.int64)
-    ids = np.empty(size, np.int64)
+    # (code, id) pairs side by side, grown by doubling at half full as densecrf's table: it
+    # stays the size of the vertices (far fewer than points x corners), so it stays in cache.
+    size = 4096
+    table = np.full(2 * size, -1, np.int64)
     vertex = np.empty((n_points, d1), np.int64)
     codes = np.empty(n_points * d1, np.int64)
     count = 0
@@ -544,14 +559,17 @@ def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of
                 key = rem0[n, j] + (r if rank[n, j] <= d - r else r - d1)
                 code += (key - lo) * radix[j]
             h = (code * 2654435761) & (size - 1)
-            while keys[h] != -1 and keys[h] != code:
+            while table[2 * h] != -1 and table[2 * h] != code:
                 h = (h + 1) & (size - 1)
-            if keys[h] == -1:
-                keys[h] = code
-                ids[h] = count
+            if table[2 * h] == -1:
+                table[2 * h], table[2 * h + 1] = code, count
                 codes[count] = code
                 count += 1
-            vertex[n, r] = ids[h] + offset
+                if 2 * count >= size:
+                    size *= 2
+                    table = _nb_rehash(codes, count, size)
+                    h = -1
+            vertex[n, r] = (table[2 * h + 1] if h >= 0 else count - 1) + offset
     # Blur neighbours along each axis j: the key moved by -1 everywhere and +(d+1) at j.
     radix_sum = 0
     for j in range(d):
@@ -563,12 +581,47 @@ def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of
             for side in range(2):
                 code = codes[v] - step if side == 0 else codes[v] + step
                 h = (code * 2654435761) & (size - 1)
-                while keys[h] != -1:
-                    if keys[h] == code:
-                        neighbours[j, v, side] = ids[h] + offset
+                while table[2 * h] != -1:
+                    if table[2 * h] == code:
+                        neighbours[j, v, side] = table[2 * h + 1] + offset
                         break
                     h = (h + 1) & (size - 1)
     return vertex, neighbours, count
+
+
+def _nb_rehash(codes, count, size):
+    table = np.full(2 * size, -1, np.int64)
+    for i in range(count):
+        h = (codes[i] * 2654435761) & (size - 1)
+        while table[2 * h] != -1:
+            h = (h + 1) & (size - 1)
+        table[2 * h], table[2 * h + 1] = codes[i], i
+    return table
+
+
+def _nb_prepare(probs, clip, unary, q):
+    """[C, N] probabilities -> [N, C] ``unary = -log(clip(p))`` and ``q = softmax(-unary)``,
+    which is the clipped ``p`` over its sum (numba, parallel)."""
+    c, n_points = probs.shape
+    for n in _prange(n_points):
+        total = 0.0
+        for k in range(c):
+            p = min(max(probs[k, n], clip), 1.0)
+            unary[n, k] = -np.log(p)
+            q[n, k] = p
+            total += p
+        for k in range(c):
+            q[n, k] /= total
+
+
+def _nb_transpose(q, out):
+    """[N, C] -> [C, N], in blocks of pixels (numba, parallel)."""
+    n_points, c = q.shape
+    for start in _prange((n_points + 255) // 256):
+        for k in range(c):
+            for n in range(start * 256, min(n_points, start * 256 + 256)):
+                out[k, n] = q[n, k]
+    return out
 
 
 def _nb_splat_blur(q, vertex, splat, neighbours, lattice, partial):
@@ -628,24 +681,45 @@ def _nb_mean_field(q, unary, iterations, vertex, splat, post, neighbours, n_vert
     n_points, c = q.shape
     lattice = np.zeros((n_vertices, c), np.float32)
     partial = np.zeros((chunks, n_vertices, c), np.float32)
+    size = (n_points + chunks - 1) // chunks
     for _ in range(iterations):
         message = _nb_splat_blur(q, vertex, splat, neighbours, lattice, partial)
-        for n in _prange(n_points):
-            logits = np.empty(c, np.float32)
-            for k in range(c):
-                logits[k] = -unary[n, k]
-            for r in range(vertex.shape[1]):
-                v, w = vertex[n, r], post[n, r]
-                for k in range(c):
-                    logits[k] += w * message[v, k]
-            top = logits.max()
-            total = 0.0
-            for k in range(c):
-                logits[k] = np.exp(logits[k] - top)
-                total += logits[k]
-            for k in range(c):
-                q[n, k] = logits[k] / total
+        for t in _prange(chunks):
+            logits = np.empty(c, np.float32)  # once per thread, not once per point
+            for n in range(t * size, min(n_points, (t + 1) * size)):
+                _nb_update_point(q, unary, vertex, post, message, n, logits)
     return q
+
+
+def _nb_update_point(q, unary, vertex, post, message, n, logits):
+    """``q[n] = softmax(slice(message)[n] - unary[n])``."""
+    c = q.shape[1]
+    for k in range(c):
+        logits[k] = -unary[n, k]
+    for r in range(vertex.shape[1]):
+        v, w = vertex[n, r], post[n, r]
+        for k in range(c):
+            logits[k] += w * message[v, k]
+    top = logits.max()
+    total = 0.0
+    for k in range(c):
+        logits[k] = _nb_exp(logits[k] - top)
+        total += logits[k]
+    for k in range(c):
+        q[n, k] = logits[k] / total
+
+
+def _nb_exp(x):
+    """e^x for x <= 0, as (e^(x/128))^128 with a degree-7 Taylor polynomial: plain
+    arithmetic that the compiler vectorises, where a call to exp does not (the released code
+    uses a fast approximate exp as well). Relative error below 1e-6 for x > -10, 1e-4 down to
+    the -80 where it clips (e^-80 ~ 2e-35: nothing next to the largest term, which is 1)."""
+    y = max(x, -80.0) * (1.0 / 128.0)
+    p = 1.0 + y * (1.0 + y * (0.5 + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (
+        1.0 / 120.0 + y * (1.0 / 720.0 + y * (1.0 / 5040.0)))))))
+    for _ in range(7):
+        p *= p
+    return p
 
 
 def _prange(n):  # replaced by numba.prange when compiled
@@ -668,12 +742,22 @@ def _numba() -> dict | None:
         # numba.prange, and the mean field the compiled splat/blur.
         module = globals()
         module["_prange"] = numba.prange
+        # Starting numba's OpenMP threads resets the OpenMP thread count that torch reads
+        # (torch.get_num_threads), so a torch.set_num_threads(1) made before would be lost.
+        threads = torch.get_num_threads()
+        numba.get_num_threads()  # starts them
+        torch.set_num_threads(threads)
         fast = dict(cache=True, nogil=True, fastmath=True)
+        for helper in ("_nb_exp", "_nb_elevate_point", "_nb_update_point"):  # inlined
+            module[helper] = numba.njit(inline="always", **fast)(module[helper])
+        module["_nb_rehash"] = numba.njit(**fast)(_nb_rehash)
         _NUMBA = {
             "elevate": numba.njit(parallel=True, **fast)(_nb_elevate),
             "hash": numba.njit(**fast)(_nb_hash),
             "splat_blur": numba.njit(parallel=True, **fast)(_nb_splat_blur),
             "slice": numba.njit(parallel=True, **fast)(_nb_slice),
+            "prepare": numba.njit(parallel=True, **fast)(_nb_prepare),
+            "transpose": numba.njit(parallel=True, **fast)(_nb_transpose),
         }
         module["_nb_splat_blur"] = _NUMBA["splat_blur"]
         _NUMBA["mean_field"] = numba.njit(parallel=True, **fast)(_nb_mean_field)
@@ -713,7 +797,8 @@ def _hash_lattice(features: np.ndarray, nb: dict) -> _HashLattice:
     rem0 = np.empty((n, d1), np.int64)
     rank = np.empty((n, d1), np.int64)
     weights = np.empty((n, d1), np.float32)
-    nb["elevate"](np.ascontiguousarray(features, np.float64), scale, rem0, rank, weights)
+    nb["elevate"](np.ascontiguousarray(features, np.float64), scale, rem0, rank, weights,
+                  _chunks())
     lo = int(rem0[:, :d].min()) - 2 * d1
     span = int(rem0[:, :d].max()) + 2 * d1 - lo + 1
     if span**d >= 2**62:
@@ -752,14 +837,12 @@ def _hash_position_kernel(h: int, w: int, sxy: float) -> tuple[_HashLattice, np.
 
 
 def _dense_crf_hashed(
-    rgb: np.ndarray, unary: np.ndarray, *, iterations: int, gaussian_sxy: float,
+    rgb: np.ndarray, unary: np.ndarray, q: np.ndarray, *, iterations: int, gaussian_sxy: float,
     gaussian_compat: float, bilateral_sxy: float, bilateral_srgb: float,
     bilateral_compat: float, nb: dict,
 ) -> np.ndarray:  # fmt: skip
     """The mean field of ``dense_crf`` with the hashing lattices (CPU): [N, C] q."""
     h, w, _ = rgb.shape
-    q = np.exp(-unary)
-    q /= q.sum(1, keepdims=True)
     kernels = []
     if gaussian_compat != 0:
         kernels.append((*_hash_position_kernel(h, w, float(gaussian_sxy)), gaussian_compat))
