@@ -178,4 +178,11 @@ def test_tflite_export_runs_in_googles_interpreter(tmp_path, weights_dir, monkey
     assert parity.ok and parity.max_logit_diff < 1e-3, parity
     assert json.loads((tmp_path / "m.tflite.json").read_text())["input_size"] == [257, 257]
     with pytest.raises(ExportError, match="could not be converted"):
-        export_tflite(torch.nn.Identity(), info, tmp_path / "x.tflite", input_size=(33, 33))
+        export_tflite(_Branchy(), info, tmp_path / "x.tflite", input_size=(33, 33))
+
+
+class _Branchy(torch.nn.Module):
+    """Data-dependent control flow: no converter can trace it (an identity converts fine)."""
+
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
