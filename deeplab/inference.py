@@ -65,7 +65,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class Prediction:
-    """One image's result: ``labels`` HxW int64 at the image's size, ``probabilities`` CxHxW."""
+    """One image's result: ``labels`` HxW class ids at the image's size (uint8 for up to 256
+    classes, int64 beyond: a 10000x8000 photo's labels take 80 MB, not 640), ``probabilities``
+    CxHxW."""
 
     labels: np.ndarray
     class_names: tuple[str, ...]
@@ -120,8 +122,9 @@ def save_prediction(
     viz.save_index_png(pred.labels, written[0], pred.palette)
     # Fast zlib level: a colour map compresses well even so, and level 6 costs ~3x the time.
     Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[1], compress_level=1)
-    blend = viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)
-    Image.fromarray(blend).save(written[2], quality=92)
+    # One full-size picture alive at a time: memory follows the photo on big inputs.
+    Image.fromarray(viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)).save(
+        written[2], quality=92)
     if probabilities:
         if pred.probabilities is None:
             raise ValueError("predict with probabilities=True to save them")
@@ -316,8 +319,9 @@ class Segmenter:
                 batch = np.stack([rgbs[i] for i in chunk])
                 if labels_only:
                     for i, labels in zip(chunk, self.labels(batch), strict=True):
-                        results[i] = Prediction(labels.astype(np.int64), self.class_names,
-                                                self.palette, image=rgbs[i])  # fmt: skip
+                        results[i] = Prediction(labels.astype(self._label_dtype, copy=False),
+                                                self.class_names, self.palette,
+                                                image=rgbs[i])  # fmt: skip
                     continue
                 probs = self.probabilities(self.normalize(batch))
                 for i, p in zip(chunk, probs, strict=True):
@@ -377,11 +381,15 @@ class Segmenter:
         stride = getattr(self.model, "output_stride", None)
         return stride if isinstance(stride, int) and stride > 1 else 1
 
+    @property
+    def _label_dtype(self) -> type:
+        return np.uint8 if len(self.class_names) <= 256 else np.int64
+
     def _finish(self, rgb: np.ndarray, probs: torch.Tensor, *, keep_probs: bool) -> Prediction:
         probs_np = probs.float().cpu().numpy()
         if self.crf:
             probs_np = dense_crf(rgb, probs_np, **self.crf_options)
-        labels = probs_np.argmax(0).astype(np.int64)
+        labels = probs_np.argmax(0).astype(self._label_dtype)
         return Prediction(
             labels=labels,
             class_names=self.class_names,

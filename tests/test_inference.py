@@ -207,7 +207,7 @@ def test_predict_shapes_and_probabilities():
     seg = _segmenter(Pointwise(4), class_names=("bg", "a", "b", "c"))
     image = _random_image(37, 53)
     pred = seg.predict(image, probabilities=True)
-    assert pred.labels.shape == (37, 53) and pred.labels.dtype == np.int64
+    assert pred.labels.shape == (37, 53) and pred.labels.dtype == np.uint8  # 4 classes
     assert pred.probabilities.shape == (4, 37, 53)
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(pred.labels, pred.probabilities.argmax(0))

@@ -81,8 +81,9 @@ def read_image(source: ImageInput) -> np.ndarray:
 
 def to_rgb(pil: Image.Image) -> np.ndarray:
     """A PIL image in any mode -> ``HxWx3 uint8`` RGB, EXIF orientation applied."""
-    try:
-        pil = ImageOps.exif_transpose(pil)
+    try:  # only when tagged: exif_transpose copies even an upright image (memory, big photos)
+        if pil.getexif().get(0x0112, 1) != 1:
+            pil = ImageOps.exif_transpose(pil)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # malformed EXIF: keep the stored orientation rather than fail the image
     mode = pil.mode
@@ -109,7 +110,7 @@ def to_rgb(pil: Image.Image) -> np.ndarray:
         pil = Image.alpha_composite(white, rgba)
     if mode == "LAB":
         pil = _lab_to_rgb(pil)
-    return np.asarray(pil.convert("RGB"))
+    return np.asarray(pil if pil.mode == "RGB" else pil.convert("RGB"))  # convert copies
 
 
 def _scale_16bit(values: np.ndarray) -> np.ndarray:
