@@ -412,12 +412,13 @@ def dense_crf(
     nb = _numba() if dev.type == "cpu" else None
     if nb is not None:  # the released code's loops, compiled: faster on a CPU
         with _numba_threads():
-            # Pixel-major [N, C] unary and q = softmax(-unary) in one parallel pass.
-            unary = np.empty((h * w, c), np.float32)
+            # Pixel-major [N, C]: the clipped probabilities (the unary is -log of them) and
+            # q = softmax(-unary), their normalised copy, in one parallel pass.
+            prior = np.empty((h * w, c), np.float32)
             q = np.empty((h * w, c), np.float32)
-            nb["prepare"](probs.numpy().reshape(c, -1), _UNARY_CLIP, unary, q)
+            nb["prepare"](probs.numpy().reshape(c, -1), _UNARY_CLIP, prior, q)
             q = _dense_crf_hashed(
-                image.numpy(), unary, q, iterations=iterations, gaussian_sxy=gaussian_sxy,
+                image.numpy(), prior, q, iterations=iterations, gaussian_sxy=gaussian_sxy,
                 gaussian_compat=gaussian_compat, bilateral_sxy=bilateral_sxy,
                 bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat, nb=nb,
             )  # fmt: skip
@@ -599,15 +600,15 @@ def _nb_rehash(codes, count, size):
     return table
 
 
-def _nb_prepare(probs, clip, unary, q):
-    """[C, N] probabilities -> [N, C] ``unary = -log(clip(p))`` and ``q = softmax(-unary)``,
-    which is the clipped ``p`` over its sum (numba, parallel)."""
+def _nb_prepare(probs, clip, prior, q):
+    """[C, N] probabilities -> [N, C] ``prior = clip(p)`` (the unary is ``-log(prior)``) and
+    ``q = softmax(-unary)``, which is ``prior`` over its sum (numba, parallel)."""
     c, n_points = probs.shape
     for n in _prange(n_points):
         total = 0.0
         for k in range(c):
             p = min(max(probs[k, n], clip), 1.0)
-            unary[n, k] = -np.log(p)
+            prior[n, k] = p
             q[n, k] = p
             total += p
         for k in range(c):
@@ -675,7 +676,7 @@ def _nb_slice(lattice, vertex, post, out):
     return out
 
 
-def _nb_mean_field(q, unary, iterations, vertex, splat, post, neighbours, n_vertices, chunks):
+def _nb_mean_field(q, prior, iterations, vertex, splat, post, neighbours, n_vertices, chunks):
     """``iterations`` of ``q = softmax(filter(q) - unary)``, the slice fused with the
     update; ``q`` [N, C] is updated in place (numba, parallel)."""
     n_points, c = q.shape
@@ -687,15 +688,17 @@ def _nb_mean_field(q, unary, iterations, vertex, splat, post, neighbours, n_vert
         for t in _prange(chunks):
             logits = np.empty(c, np.float32)  # once per thread, not once per point
             for n in range(t * size, min(n_points, (t + 1) * size)):
-                _nb_update_point(q, unary, vertex, post, message, n, logits)
+                _nb_update_point(q, prior, vertex, post, message, n, logits)
     return q
 
 
-def _nb_update_point(q, unary, vertex, post, message, n, logits):
-    """``q[n] = softmax(slice(message)[n] - unary[n])``."""
+def _nb_update_point(q, prior, vertex, post, message, n, logits):
+    """``q[n] = softmax(slice(message)[n] - unary[n])``, with ``unary = -log(prior)``:
+    ``softmax(log p + m) = p e^m / sum(p e^m)``, so no logarithm is taken. ``e^(m - max m)``
+    is in (0, 1] and ``p >= clip``, so the sum stays positive."""
     c = q.shape[1]
     for k in range(c):
-        logits[k] = -unary[n, k]
+        logits[k] = 0.0
     for r in range(vertex.shape[1]):
         v, w = vertex[n, r], post[n, r]
         for k in range(c):
@@ -703,7 +706,7 @@ def _nb_update_point(q, unary, vertex, post, message, n, logits):
     top = logits.max()
     total = 0.0
     for k in range(c):
-        logits[k] = _nb_exp(logits[k] - top)
+        logits[k] = prior[n, k] * _nb_exp(logits[k] - top)
         total += logits[k]
     for k in range(c):
         q[n, k] = logits[k] / total
@@ -837,7 +840,7 @@ def _hash_position_kernel(h: int, w: int, sxy: float) -> tuple[_HashLattice, np.
 
 
 def _dense_crf_hashed(
-    rgb: np.ndarray, unary: np.ndarray, q: np.ndarray, *, iterations: int, gaussian_sxy: float,
+    rgb: np.ndarray, prior: np.ndarray, q: np.ndarray, *, iterations: int, gaussian_sxy: float,
     gaussian_compat: float, bilateral_sxy: float, bilateral_srgb: float,
     bilateral_compat: float, nb: dict,
 ) -> np.ndarray:  # fmt: skip
@@ -855,19 +858,22 @@ def _dense_crf_hashed(
         return q
     # Both kernels in one vertex space (the second's ids after the first's), each with its
     # normaliser before the splat and its weight and normaliser after the slice.
-    vertex, weights, pre, post, neighbours, offset = [], [], [], [], [], 0
+    n, corners = q.shape[0], sum(lat.vertex.shape[1] for lat, _, _ in kernels)
     axes = max(lat.neighbours.shape[0] for lat, _, _ in kernels)
+    total = sum(lat.num_vertices for lat, _, _ in kernels)
+    vertex = np.empty((n, corners), np.int64)
+    splat = np.empty((n, corners), np.float32)
+    post = np.empty((n, corners), np.float32)
+    neighbours = np.full((axes, total, 2), -1, np.int64)
+    col = offset = 0
     for lattice, norm, compat in kernels:
-        vertex.append(lattice.vertex + offset)
-        weights.append(lattice.weights)
-        pre.append(np.repeat(norm[:, None], lattice.vertex.shape[1], 1))
-        post.append(lattice.weights * lattice.alpha * compat * norm[:, None])
-        nbr = np.where(lattice.neighbours >= 0, lattice.neighbours + offset, -1)
-        pad = np.full((axes - nbr.shape[0], *nbr.shape[1:]), -1, np.int64)
-        neighbours.append(np.concatenate([nbr, pad]))
-        offset += lattice.num_vertices
-    vertex = np.concatenate(vertex, 1)
-    splat = (np.concatenate(weights, 1) * np.concatenate(pre, 1)).astype(np.float32)
-    return nb["mean_field"](q, unary, int(iterations), vertex, splat,
-                            np.concatenate(post, 1).astype(np.float32),
-                            np.concatenate(neighbours, 1), offset, _chunks())  # fmt: skip
+        cols = slice(col, col + lattice.vertex.shape[1])
+        np.add(lattice.vertex, offset, out=vertex[:, cols])
+        np.multiply(lattice.weights, norm[:, None], out=splat[:, cols])
+        np.multiply(lattice.weights, (lattice.alpha * compat * norm)[:, None], out=post[:, cols])
+        block = neighbours[: lattice.neighbours.shape[0], offset : offset + lattice.num_vertices]
+        np.add(lattice.neighbours, offset, out=block)
+        block[lattice.neighbours < 0] = -1
+        col, offset = cols.stop, offset + lattice.num_vertices
+    return nb["mean_field"](q, prior, int(iterations), vertex, splat, post, neighbours, offset,
+                            _chunks())  # fmt: skip
