@@ -550,7 +550,7 @@ def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of
     # stays the size of the vertices (far fewer than points x corners), so it stays in cache.
     size = 4096
     table = np.full(2 * size, -1, np.int64)
-    vertex = np.empty((n_points, d1), np.int64)
+    vertex = np.empty((n_points, d1), np.int32)
     codes = np.empty(n_points * d1, np.int64)
     count = 0
     for n in range(n_points):
@@ -575,7 +575,7 @@ def _nb_hash(rem0, rank, lo, radix, offset):  # numba, serial: the hash table of
     radix_sum = 0
     for j in range(d):
         radix_sum += radix[j]
-    neighbours = np.full((d1, count, 2), -1, np.int64)
+    neighbours = np.full((d1, count, 2), -1, np.int32)
     for j in range(d1):
         step = radix_sum - (d1 * radix[j] if j < d else 0)
         for v in range(count):
@@ -861,10 +861,10 @@ def _dense_crf_hashed(
     n, corners = q.shape[0], sum(lat.vertex.shape[1] for lat, _, _ in kernels)
     axes = max(lat.neighbours.shape[0] for lat, _, _ in kernels)
     total = sum(lat.num_vertices for lat, _, _ in kernels)
-    vertex = np.empty((n, corners), np.int64)
+    vertex = np.empty((n, corners), np.int32)
     splat = np.empty((n, corners), np.float32)
     post = np.empty((n, corners), np.float32)
-    neighbours = np.full((axes, total, 2), -1, np.int64)
+    neighbours = np.full((axes, total, 2), -1, np.int32)
     col = offset = 0
     for lattice, norm, compat in kernels:
         cols = slice(col, col + lattice.vertex.shape[1])
