@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplab.data.images import find_images, read_image
+from deeplab.data.images import example_photos, find_images, read_image
 from deeplab.export import export_onnx, network_input, onnx_session, tflite_interpreter
 from deeplab.hub import load_pretrained
 from deeplab.inference import predict_files, segmenter_for
@@ -68,7 +68,7 @@ def rounds(fns: dict, repeats: int) -> dict[str, float]:
 def forward_table(entry: str, repeats: int, ours_tflite: Path | None, tmp: Path) -> None:
     nchw, info = load_pretrained(entry)
     nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
-    photos = [network_input(read_image(p), info) for p in find_images([Path("examples")])]
+    photos = [network_input(read_image(p), info) for p in example_photos()]
     session = onnx_session(export_onnx(nchw, info, tmp / f"{entry}_raw.onnx", raw=True),
                            threads=torch.get_num_threads())  # fmt: skip
     runners = {

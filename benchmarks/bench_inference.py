@@ -1,7 +1,7 @@
 """Cost and effect of the test-time options, on the default VOC zoo model.
 
     DEEPLAB_WEIGHTS_DIR=../shared/weights python benchmarks/bench_inference.py \\
-        [--image examples/astronaut.jpg] [--repeats 3] [--voc-example DIR]
+        [--image deeplab/photos/astronaut.jpg] [--repeats 3] [--voc-example DIR]
 
 For each option set: median seconds per image over rounds that interleave the
 sets, the ratio against plain single-scale inference measured in the same run,
@@ -42,7 +42,7 @@ def voc_example_miou(segmenter: Segmenter, root: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="examples/astronaut.jpg")
+    parser.add_argument("--image", default="deeplab/photos/astronaut.jpg")
     parser.add_argument("--model", default=None, help="zoo entry (default: the VOC default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")

@@ -10,7 +10,8 @@ of pixels labelled as fp32). This script holds the measurements behind leaving t
 - OpenVINO (``pip install openvino``, skipped without it) on the same ONNX file, fp32
   and its default precision (bf16 on CPUs with AMX).
 
-Agreement is measured on other photos: ``examples/`` and every 20th CamVid val frame.
+Agreement is measured on other photos: the shipped photos (``deeplab/photos``) and every
+20th CamVid val frame.
 
     pip install -e ".[export]" openvino
     DEEPLAB_WEIGHTS_DIR=../shared/weights python benchmarks/bench_not_offered.py
@@ -36,7 +37,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from deeplab.data.images import find_images, read_image
+from deeplab.data.images import example_photos, find_images, read_image
 from deeplab.export import export_onnx, network_input, onnx_session
 from deeplab.hub import load_pretrained
 
@@ -79,7 +80,7 @@ def main() -> None:
     camvid = args.shared / "data" / "camvid"
     calibration = (find_images([camvid / "train"])[::40]
                    + find_images([args.shared / "data" / "labelme_voc_example"]))  # fmt: skip
-    photos = find_images([REPO / "examples"]) + find_images([camvid / "val"])[::20]
+    photos = example_photos() + find_images([camvid / "val"])[::20]
     try:
         import openvino
     except ImportError:

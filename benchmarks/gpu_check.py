@@ -49,7 +49,7 @@ def run(args: list[str], env: dict | None = None) -> str:
 
 
 def training(camvid: Path, out: Path) -> None:
-    common = ["-c", "configs/camvid_v3plus_mobilenetv2.yaml", f"data.root={camvid}",
+    common = ["-c", "camvid_v3plus_mobilenetv2", f"data.root={camvid}",
               "model.backbone_weights=null", "model.init_from=deeplabv3_mnv2_pascal_quant",
               "train.device=cuda", "train.iters=12", "train.val_every=12", "train.log_every=1",
               "train.progress=false", "data.num_workers=2", "train.batch_size=8"]  # fmt: skip

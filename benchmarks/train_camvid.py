@@ -1,6 +1,6 @@
 """Train a DeepLab on CamVid within a wall-clock budget; val mIoU against time.
 
-Follows ``configs/camvid_v3plus_mobilenetv2.yaml`` (set DEEPLAB_WEIGHTS_DIR to a folder
+Follows the recipe ``camvid_v3plus_mobilenetv2`` (set DEEPLAB_WEIGHTS_DIR to a folder
 holding the zoo files when offline). The schedule is sized from the real thing: a short
 calibration run of ``deeplab.train.train`` itself (same loader, workers, precision and
 frozen layers) gives the seconds per step, and scoring a few val images gives the cost of
@@ -84,7 +84,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget (default 60)")
     p.add_argument("--root", default=str(SHARED / "data" / "camvid"), help="CamVid folder")
-    p.add_argument("--config", default=str(REPO / "configs" / "camvid_v3plus_mobilenetv2.yaml"))
+    p.add_argument("--config", default="camvid_v3plus_mobilenetv2", help="recipe name or file")
     p.add_argument("--out", default="runs/camvid_bench")
     p.add_argument("--evals", type=int, default=8, help="validations during the run")
     p.add_argument("--calibration-steps", type=int, default=6)

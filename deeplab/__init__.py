@@ -13,7 +13,7 @@ does not load torch.
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
     "create_model": "deeplab.hub",

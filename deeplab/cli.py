@@ -60,6 +60,18 @@ def _shard(args: argparse.Namespace) -> tuple[int, int]:
     return proc.rank, proc.world_size
 
 
+def _require_runtime(weights: str | list[str] | None, runtime: str = "auto") -> None:
+    """Exported files and ``--runtime onnxruntime`` need onnxruntime: checked before anything
+    loads."""
+    from deeplab.extras import require
+
+    if runtime == "onnxruntime":
+        require("export", "--runtime onnxruntime", ("onnxruntime",))
+    for w in [weights] if isinstance(weights, str) else weights or []:
+        if str(w).lower().endswith(".onnx"):
+            require("export", f"running {Path(w).name}", ("onnxruntime",))
+
+
 def _assignments(items: list[str], flag: str, example: str) -> dict:
     from deeplab.config import parse_assignments
 
@@ -235,6 +247,13 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"no images found in {' '.join(args.images)}")
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before a model loads
         raise ValueError(f"--out {args.out} is a file; give a folder for the outputs")
+    from deeplab.extras import require
+
+    if videos:
+        require("video", f"reading {videos[0].name}")
+    if args.labelme:
+        require("labelme", "--labelme")
+    _require_runtime(args.weights, args.runtime)
     rank, world = _shard(args)  # under torchrun each process takes every world-th file
     paths, videos = paths[rank::world], videos[rank::world]
     segmenter = segmenter_for(
@@ -312,7 +331,8 @@ def _run_zoo(args: argparse.Namespace) -> int:
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="training config YAML: model, dataset, normalisation")
+    p.add_argument("-c", "--config", help="the training recipe (a name from `deeplab recipes`, "
+                   "or a YAML file): model, dataset, normalisation")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--pretrained", metavar="NAME", help="zoo entry to evaluate")
     p.add_argument("--model", help="registered architecture of a bare state_dict in --weights")
@@ -334,10 +354,14 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from deeplab.config import load_config, to_dict
     from deeplab.evaluate import evaluate_dataset, format_report, save_results
+    from deeplab.extras import require
     from deeplab.viz import save_confusion_matrix
 
     if args.overrides and not args.config:
-        raise ValueError(f"overrides {args.overrides} need a config file: -c config.yaml")
+        raise ValueError(f"overrides {args.overrides} need a recipe: -c NAME or -c FILE.yaml")
+    if args.confusion:
+        require("plots", "--confusion")
+    _require_runtime(args.weights, args.runtime)
     cfg = load_config(args.config, args.overrides) if args.config else None
     shard = _shard(args)  # first: under torchrun it picks this process's GPU
     run = evaluate_dataset(
@@ -376,7 +400,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", help="YAML recipe (configs/*.yaml); defaults if omitted")
+    p.add_argument("-c", "--config", help="a recipe: a name from `deeplab recipes` "
+                   "(camvid_v3plus_mobilenetv2) or a YAML file; defaults if omitted")
     p.add_argument(
         "--resume", nargs="?", const="", metavar="PATH",
         help="continue from a checkpoint (default: OUT_DIR/last.pt; best.pt restarts from its "
@@ -404,6 +429,10 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    if cfg.train.tensorboard:
+        from deeplab.extras import require
+
+        require("tensorboard", "train.tensorboard=true")
     progress = train(cfg, resume=resume)
     print(f"{progress.status} at step {progress.step}; checkpoint {cfg.train.out_dir}/last.pt"
           + (f"; best val mIoU {100 * progress.best_miou:.2f}%" if progress.best_miou >= 0 else ""))
@@ -433,12 +462,19 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=_size, help="TFLite: the fixed input size (default: "
                    "the model's canvas, or 513)")
     p.add_argument("--check-images", metavar="DIR",
-                   help="photos for the parity check (default: examples/)")
+                   help="photos for the parity check (default: the photos shipped with deeplab, "
+                   "`deeplab examples`)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from deeplab.export import ExportError, export, model_to_export
+    from deeplab.extras import require
+
+    if args.format == "tflite":
+        require("tflite", "TFLite export")
+    else:
+        require("export", "ONNX export", None if not args.no_check else ("onnx",))
 
     model, info = model_to_export(
         model=args.model, weights=args.weights, num_classes=args.num_classes,
@@ -478,6 +514,10 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from deeplab.extras import require
+
+    require("serve", "deeplab serve")
+    _require_runtime(args.weights, args.runtime)
     import uvicorn
 
     from deeplab.inference import segmenter_for
@@ -495,6 +535,74 @@ def _run_serve(args: argparse.Namespace) -> int:
     runtimes = ", ".join(f"{n} ({s.runtime})" for n, s in segmenters.items())
     print(f"serving {runtimes} on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+# --- deeplab recipes / examples / env ------------------------------------------
+
+
+def _add_recipes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="a recipe to print (or write with --out)")
+    p.add_argument("--out", metavar="PATH", help="write the recipe here to edit (a file, or a "
+                   "folder for NAME.yaml), then train with -c PATH")
+
+
+def _run_recipes(args: argparse.Namespace) -> int:
+    from deeplab.config import list_recipes, recipe_path, write_recipe
+
+    if args.name is None:
+        if args.out:
+            raise ValueError("--out writes one recipe: name it, e.g. deeplab recipes own_data "
+                             "--out my_data.yaml")  # fmt: skip
+        recipes = list_recipes()
+        width = max(map(len, recipes))
+        for name, description in recipes.items():
+            print(f"{name:<{width}}  {description}")
+        print("\ntrain with: deeplab train -c NAME data.root=...; copy one to edit: "
+              "deeplab recipes NAME --out my_recipe.yaml")  # fmt: skip
+        return 0
+    if args.out:
+        target = write_recipe(args.name, args.out)
+        print(f"{args.name} written to {target}; edit it, then: deeplab train -c {target} "
+              "data.root=...")  # fmt: skip
+        return 0
+    print(recipe_path(args.name).read_text(), end="")
+    return 0
+
+
+def _add_examples(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", help="copy the photos into this folder")
+
+
+def _run_examples(args: argparse.Namespace) -> int:
+    import shutil
+
+    from deeplab.data.images import example_photos
+
+    photos = example_photos()
+    if not args.out:
+        for photo in photos:
+            print(photo)
+        print(f"licences: {photos[0].parent / 'README.md'}; copy them: deeplab examples --out DIR")
+        return 0
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for photo in photos:
+        shutil.copyfile(photo, out / photo.name)
+    print(f"{len(photos)} photos copied into {out}: {', '.join(p.name for p in photos)}")
+    return 0
+
+
+def _add_env(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _run_env(args: argparse.Namespace) -> int:
+    from deeplab.env import report
+
+    print(report())
     return 0
 
 
@@ -516,6 +624,12 @@ COMMANDS: list[Command] = [
     ("export", "export a model to ONNX or TFLite and check it against PyTorch",
      _add_export, _run_export),
     ("serve", "a web page and REST API for segmenting photos", _add_serve, _run_serve),
+    ("recipes", "list the training recipes; print one or write it out to edit",
+     _add_recipes, _run_recipes),
+    ("examples", "the example photos shipped with deeplab; copy them out", _add_examples,
+     _run_examples),
+    ("env", "versions, extras, CPU features and GPUs: paste it into a bug report",
+     _add_env, _run_env),
 ]  # fmt: skip
 
 
@@ -543,9 +657,10 @@ class _Print(logging.Handler):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the input is wrong": their messages name the fix."""
     from deeplab.checkpoint import CheckpointError
+    from deeplab.extras import MissingExtra
     from deeplab.weights import WeightsError
 
-    return (ValueError, KeyError, OSError, CheckpointError, WeightsError)
+    return (ValueError, KeyError, OSError, CheckpointError, WeightsError, MissingExtra)
 
 
 def main(argv: list[str] | None = None) -> int:

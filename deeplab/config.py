@@ -1,7 +1,8 @@
 """Training configuration: typed dataclasses, filled from code defaults -> YAML -> CLI overrides.
 
-Config flows one way. ``load_config("configs/voc_v3plus_xception65.yaml", ["optim.lr=0.01"])``
-starts from the defaults below, applies the YAML file, then the dotted ``key=value``
+Config flows one way. ``load_config("voc_v3plus_xception65", ["optim.lr=0.01"])`` starts
+from the defaults below, applies the YAML recipe (a name of one shipped in
+``deeplab/recipes/``, ``list_recipes()``, or a path to a file), then the dotted ``key=value``
 overrides (values parsed as YAML, so ``data.crop_size=[321,321]`` is a list). Every key is
 checked against the dataclass fields: an unknown key is an error that lists the valid ones,
 and ``validate`` turns inconsistent settings into errors (or warnings) a person can act on.
@@ -11,10 +12,12 @@ The resolved config is saved inside every checkpoint (``to_dict``).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import types
 import typing
 import warnings
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +160,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    """The whole training recipe. Sections mirror the YAML files in configs/."""
+    """The whole training recipe. Sections mirror the YAML recipes (deeplab/recipes/)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -171,14 +174,13 @@ class Config:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
+    """Defaults, then the YAML ``recipe`` (a file, or the name of a shipped recipe), then
+    ``key=value`` overrides; validated."""
     cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; the recipes are in configs/*.yaml")
+    if recipe is not None:
+        path = recipe_path(recipe)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -187,6 +189,51 @@ def load_config(
             raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...)")
         cfg = merge(cfg, data, source=str(path))
     return apply_overrides(cfg, overrides)
+
+
+# --- the recipes shipped with the package -------------------------------------------------
+
+
+def _recipes_dir() -> Path:
+    return Path(str(resources.files("deeplab") / "recipes"))
+
+
+def list_recipes() -> dict[str, str]:
+    """Name -> one-line description (the recipe's first comment line), sorted by name."""
+    found = {}
+    for path in sorted(_recipes_dir().glob("*.yaml")):
+        first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+        found[path.stem] = first.lstrip("# ").strip()
+    return found
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A YAML file: ``recipe`` itself when it is a file, else the shipped recipe of that
+    name (``camvid_v3plus_mobilenetv2``, with or without ``.yaml``)."""
+    path = Path(recipe).expanduser()
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    shipped = _recipes_dir() / f"{name}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe {str(recipe)!r} is neither a file nor a shipped recipe; "
+                      f"shipped: {', '.join(list_recipes())} (`deeplab recipes` describes "
+                      "them)")  # fmt: skip
+
+
+def write_recipe(name: str, out: str | Path) -> Path:
+    """Copy the shipped recipe ``name`` to ``out`` (a file, or a folder for ``name.yaml``)
+    to edit; refuses to overwrite a file."""
+    source = recipe_path(name)
+    target = Path(out).expanduser()
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        raise ConfigError(f"{target} exists; give another --out or remove it first")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from deeplab.extras import available, install_command
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PermutohedralLattice", "check_options", "clear_cache", "dense_crf", "unary_from_probs"]
 
@@ -736,11 +741,13 @@ def _numba() -> dict | None:
     """The loops above compiled by numba (cached on disk), or None without numba."""
     global _NUMBA
     if _NUMBA is None:
-        try:
-            import numba
-        except ImportError:
+        if not available("crf"):
             _NUMBA = {}
+            log.warning("the compiled dense CRF needs numba (%s); running the slower torch "
+                        "CRF", install_command("crf"))  # fmt: skip
             return None
+        import numba
+
         # numba resolves a function's globals when it compiles it: the loops see
         # numba.prange, and the mean field the compiled splat/blur.
         module = globals()

@@ -23,6 +23,7 @@ difference.
 
 from __future__ import annotations
 
+import importlib
 import json
 import tempfile
 import warnings
@@ -38,11 +39,11 @@ import torch.nn.functional as F
 from deeplab import hub
 from deeplab.checkpoint import ModelInfo
 from deeplab.data.datasets import dataset_classes
-from deeplab.data.images import find_images, read_image
+from deeplab.data.images import example_photos, find_images, read_image
 from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
+from deeplab.extras import require
 from deeplab.weights import list_entries
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OPSET = 17
 
 
@@ -117,10 +118,8 @@ class RawGraph(nn.Module):
 
 
 def _require(module: str, extra: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ExportError(f"{module} is not installed: pip install 'deeplab[{extra}]'") from None
+    require(extra, "ONNX export and its check", (module,))
+    return importlib.import_module(module)
 
 
 def export_onnx(
@@ -228,10 +227,12 @@ class Parity:
 
 
 def check_images(folder: str | Path | None = None) -> list[np.ndarray]:
-    """Photos for the parity check: the files in ``folder``, else the bundled examples."""
-    paths = find_images([folder or EXAMPLES])
+    """Photos for the parity check: the files in ``folder``, else the photos shipped with the
+    package."""
+    paths = find_images([folder]) if folder else example_photos()
     if not paths:
-        raise ExportError(f"no images in {folder or EXAMPLES} for the parity check")
+        raise ExportError(f"no images in {folder} for the parity check; give a folder of "
+                          "photos with --check-images")  # fmt: skip
     return [read_image(p) for p in paths[:8]]
 
 
@@ -367,11 +368,9 @@ def export_tflite(
 ) -> Path:
     """Write ``model`` as a float32 .tflite file of fixed input size (the model's canvas, else
     ``input_size``, else 513x513), with ``<out>.json`` holding its ``ModelInfo``."""
-    try:
-        import litert_torch
-    except ImportError:
-        raise ExportError("TFLite export needs Google's converter: pip install litert-torch "
-                          "(or pip install 'deeplab[tflite]')") from None  # fmt: skip
+    require("tflite", "TFLite export", ("litert_torch",))
+    import litert_torch
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     size = tuple(input_size or info.input_size or (513, 513))
@@ -392,11 +391,9 @@ def export_tflite(
 
 def tflite_interpreter(path: str | Path, *, threads: int | None = None):
     """Google's TFLite interpreter (ai-edge-litert, XNNPACK on the CPU) on ``path``."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise ExportError("running .tflite files needs ai-edge-litert: "
-                          "pip install ai-edge-litert") from None  # fmt: skip
+    require("tflite", "running .tflite files in Google's interpreter", ("ai_edge_litert",))
+    from ai_edge_litert.interpreter import Interpreter
+
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     interpreter.allocate_tensors()
     return interpreter

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from deeplab.checkpoint import ModelInfo, info_of, is_checkpoint, model_from_state
 from deeplab.data.datasets import DATASET_NAMES, dataset_classes
 from deeplab.data.labels import IMAGENET_MEAN, IMAGENET_STD
+from deeplab.extras import require
 from deeplab.models import build_model
 from deeplab.weights import (
     ZooEntry,
@@ -366,11 +367,9 @@ class OnnxNetwork(nn.Module):
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         super().__init__()
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError(f"{path}: running ONNX models needs onnxruntime: "
-                              "pip install 'deeplab[export]'") from None  # fmt: skip
+        require("export", f"running {Path(path).name}", ("onnxruntime",))
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # Idle threads sleep rather than spin: the image decoding and writing threads of

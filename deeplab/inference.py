@@ -53,6 +53,7 @@ from deeplab.data.labelme import mask_to_labelme
 from deeplab.data.labels import Palette
 from deeplab.data.transforms import as_size
 from deeplab.export import ExportError, export_onnx
+from deeplab.extras import available, install_command, require
 from deeplab.models.layers import aligned_size, resize, scaled_size
 from deeplab.weights import cache_dir, list_entries
 
@@ -545,6 +546,19 @@ def segmenter_for(
     return use_runtime(Segmenter.from_pretrained(model, **options), runtime)
 
 
+def auto_runtime(device: str | torch.device | None, precision: str) -> tuple[str, str]:
+    """(what ``--runtime auto`` runs the network with, and why)."""
+    device = torch.device(device or "cpu")
+    if device.type != "cpu":
+        return "torch", f"the network runs on {device}"
+    if precision != "fp32":
+        return "torch", f"{precision} autocast runs in PyTorch"
+    if not available("export", ("onnxruntime",)):
+        return "torch", (f"onnxruntime is not installed ({install_command('export')}: 2-3x "
+                         "faster on a CPU)")  # fmt: skip
+    return "onnxruntime", "a CPU at fp32 with onnxruntime installed (exported once, cached)"
+
+
 def use_runtime(seg: Segmenter, runtime: str) -> Segmenter:
     """The segmenter with its network run by ``runtime``: ``torch``; ``onnxruntime`` (the
     network exported once, as ``deeplab export --raw`` does, to the cache, keyed by its
@@ -556,16 +570,12 @@ def use_runtime(seg: Segmenter, runtime: str) -> Segmenter:
     network = seg.model
     if runtime == "torch" or seg.runtime == "onnxruntime":
         return seg
-    applies = (seg.device.type == "cpu" and seg.precision == "fp32" and
-               any(True for _ in network.parameters()))  # fmt: skip
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        applies = False
-    if not applies:
+    if runtime == "onnxruntime":
+        require("export", "--runtime onnxruntime", ("onnxruntime",))
+    chosen, why = auto_runtime(seg.device, seg.precision)
+    if chosen != "onnxruntime" or not any(True for _ in network.parameters()):
         if runtime == "onnxruntime":
-            raise ValueError("--runtime onnxruntime runs fp32 on a CPU and needs onnxruntime "
-                             "(pip install 'deeplab[export]')")  # fmt: skip
+            raise ValueError(f"--runtime onnxruntime cannot run this model: {why}")
         return seg
     info = ModelInfo(
         arch=getattr(network, "build_spec", {}).get("arch", type(network).__name__),

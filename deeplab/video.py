@@ -1,7 +1,7 @@
 """Segment videos: frames decoded, segmented and encoded in a stream.
 
 DeepLab was announced with real-time video segmentation on phones; this is its desktop
-form. PyAV (FFmpeg inside; ``pip install 'deeplab[video]'``) reads any container and codec
+form. PyAV (FFmpeg inside; the extra ``video``) reads any container and codec
 FFmpeg reads and writes H.264. Memory does not grow with the clip: one frame at a time
 goes through the segmenter and out to every writer. Outputs, each at the input's size
 and frame times, with its audio streams copied:
@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from deeplab import viz
+from deeplab.extras import require
 from deeplab.inference import Segmenter
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg",
@@ -37,11 +38,9 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".m
 
 
 def _av():
-    try:
-        import av
-    except ImportError:
-        raise ImportError("videos need PyAV (FFmpeg for Python): pip install av "
-                          "(or pip install 'deeplab[video]')") from None  # fmt: skip
+    require("video", "reading and writing videos")
+    import av
+
     return av
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from deeplab.data.labels import Palette, flat_palette, palette_array
+from deeplab.extras import require
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -117,19 +118,16 @@ def save_index_png(labels: np.ndarray, path: str | Path, palette: Palette = None
     index_image(labels, palette).save(path, format="PNG")
 
 
-# --- charts (matplotlib, an optional extra: pip install 'deeplab[plots]') ----------------
+# --- charts (matplotlib, the optional extra `plots`) -------------------------------------
 
 
 def _pyplot():
-    try:
-        import matplotlib
+    require("plots", "drawing charts")
+    import matplotlib
 
-        matplotlib.use("Agg")  # files only, no screen
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError(
-            "charts need matplotlib: pip install matplotlib (or pip install 'deeplab[plots]')"
-        ) from None
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
     return plt
 
 

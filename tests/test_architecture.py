@@ -12,10 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deeplab"
 # Layer of each top-level part; a module imports only its own layer or lower ones.
 LAYERS = {
     "cli": 4, "__main__": 4, "__init__": 4,
-    "train": 3, "evaluate": 3, "inference": 3, "export": 3, "video": 3, "serve": 3,
+    "train": 3, "evaluate": 3, "inference": 3, "export": 3, "video": 3, "serve": 3, "env": 3,
     "hub": 2, "checkpoint": 2,
     "models": 1, "weights": 1, "data": 1, "losses": 1, "metrics": 1, "crf": 1, "viz": 1,
-    "config": 1, "table": 1,
+    "config": 1, "table": 1, "extras": 1, "system": 1,
 }  # fmt: skip
 # Only the CLI may import the library inside functions: it keeps `deeplab --help` fast.
 LAZY_ALLOWED = {"deeplab.cli"}

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 
-from deeplab.config import Config, ConfigError, from_dict, load_config, to_dict, validate
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from deeplab.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    list_recipes,
+    load_config,
+    recipe_path,
+    to_dict,
+    validate,
+)
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -46,7 +52,7 @@ def test_wrong_types_and_values_are_explained():
         load_config(None, ["model.bn=sometimes"])
     with pytest.raises(ConfigError, match="not key=value"):
         load_config(None, ["optim.lr"])
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="neither a file nor a shipped recipe"):
         load_config("nope.yaml")
 
 
@@ -73,20 +79,43 @@ def test_round_trip_through_dict():
     assert Config() != cfg
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_recipes_load(path):
+@pytest.mark.parametrize("name", sorted(list_recipes()))
+def test_recipes_load(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # recipes use k*OS+1 crops
-        cfg = load_config(path, ["data.root=/data"])
+        cfg = load_config(name, ["data.root=/data"])
     assert cfg.train.iters > 0
+    assert load_config(recipe_path(name), ["data.root=/data"]) == cfg  # by path: the same
+
+
+def test_recipes_are_listed_with_a_line_each_and_written_out_to_edit(tmp_path, capsys):
+    from deeplab.cli import main
+
+    recipes = list_recipes()
+    assert {"own_data", "camvid_v3plus_mobilenetv2", "voc_v3plus_xception65"} <= set(recipes)
+    assert all(10 < len(line) <= 110 and "\n" not in line for line in recipes.values())
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in recipes)
+    assert main(["recipes", "own_data", "--out", str(tmp_path)]) == 0
+    written = tmp_path / "own_data.yaml"
+    assert written.read_text() == recipe_path("own_data").read_text()
+    assert load_config(written) == load_config("own_data")
+    assert main(["recipes", "own_data", "--out", str(tmp_path)]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+
+
+def test_an_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="own_data"):
+        load_config("configs/own_data.yaml")
 
 
 def test_recipes_hold_paper_settings():
-    voc = load_config(CONFIGS / "voc_v3plus_xception65.yaml")
+    voc = load_config("voc_v3plus_xception65")
     assert (voc.data.crop_size, voc.optim.lr, voc.train.batch_size) == ([513, 513], 0.007, 16)
     assert (voc.optim.weight_decay, voc.train.iters, voc.model.output_stride) == (4e-5, 30000, 16)
-    assert load_config(CONFIGS / "voc_v3_resnet101.yaml").optim.weight_decay == 1e-4
-    city = load_config(CONFIGS / "cityscapes_v3plus_xception65.yaml")
+    assert load_config("voc_v3_resnet101").optim.weight_decay == 1e-4
+    city = load_config("cityscapes_v3plus_xception65")
     assert (city.data.crop_size, city.optim.lr, city.train.batch_size) == ([769, 769], 0.01, 8)
     assert voc.data.root is None  # no dataset path is assumed
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import PHOTOS
 from PIL import Image
 
 from deeplab.checkpoint import ModelInfo
@@ -83,7 +84,7 @@ def test_predict_with_the_onnx_file_equals_predict_with_pytorch(tmp_path, camvid
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in ("astronaut", "coffee"):
-        Image.open(f"examples/{name}.jpg").save(photos / f"{name}.png")
+        Image.open(PHOTOS / f"{name}.jpg").save(photos / f"{name}.png")
     onnx_file = tmp_path / "camvid.onnx"
     assert main(["export", "--weights", str(camvid_checkpoint), "--out", str(onnx_file)]) == 0
     assert "parity with PyTorch: passed" in capsys.readouterr().out
@@ -121,7 +122,7 @@ def camvid_checkpoint(tmp_path):
     info = ModelInfo(arch="deeplabv3plus_mobilenetv2", options=model.build_spec["options"],
                      class_names=CAMVID_CLASSES, palette=CAMVID_PALETTE,
                      mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))  # fmt: skip
-    cfg = to_dict(load_config("configs/camvid_v3plus_mobilenetv2.yaml"))
+    cfg = to_dict(load_config("camvid_v3plus_mobilenetv2"))
     return save(tmp_path / "best.pt", best_state(model=model, step=10, config=cfg, info=info,
                                                  metrics={"miou": 0.5}))  # fmt: skip
 

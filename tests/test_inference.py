@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import PHOTOS
 from PIL import Image
 
 from deeplab.data.images import find_images, read_image
@@ -508,9 +509,8 @@ def test_from_checkpoint_rebuilds_model_classes_and_normalisation(tmp_path):
 
 @pytest.mark.slow
 def test_default_zoo_model_finds_the_astronaut(tmp_path, weights_dir, monkeypatch, capsys):
-    """The README's first command, offline: the default VOC model on examples/astronaut.jpg."""
+    """The README's first command, offline: the default VOC model on the shipped astronaut.jpg."""
     import os
-    from pathlib import Path
 
     from deeplab.cli import main
 
@@ -518,7 +518,7 @@ def test_default_zoo_model_finds_the_astronaut(tmp_path, weights_dir, monkeypatc
         pytest.skip(f"{weights_dir} lacks the default VOC model")
     if not os.environ.get("DEEPLAB_WEIGHTS_DIR"):
         monkeypatch.setenv("DEEPLAB_WEIGHTS_DIR", str(weights_dir))
-    example = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+    example = PHOTOS / "astronaut.jpg"
     out = tmp_path / "out"
     assert main(["predict", str(example), "--out", str(out)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("astronaut.jpg:"))

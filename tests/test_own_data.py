@@ -21,7 +21,7 @@ from deeplab.checkpoint import read as load_checkpoint
 from deeplab.cli import main
 
 H, W = 40, 48
-TRAIN = ["-c", "configs/camvid_v3plus_mobilenetv2.yaml", "model.init_from=null",
+TRAIN = ["-c", "camvid_v3plus_mobilenetv2", "model.init_from=null",
          "model.backbone_weights=null", "model.name=deeplabv3_mobilenetv2",
          "model.options={width_mult: 0.5}", "model.frozen_modules=[]", "data.crop_size=33",
          "train.batch_size=2", "train.iters=4", "train.val_every=0", "train.ckpt_every=2",
@@ -144,7 +144,7 @@ def test_flat_folder_would_validate_on_its_training_images(tmp_path, capsys):
     for i in range(4):
         Image.fromarray(np.full((H, W, 3), 60 * i, np.uint8)).save(root / "images" / f"{i}.png")
         Image.fromarray((_mask(i) > 5).astype(np.uint8)).save(root / "masks" / f"{i}.png")
-    args = ["train", "-c", "configs/own_data.yaml", f"data.root={root}", "model.num_classes=2",
+    args = ["train", "-c", "own_data", f"data.root={root}", "model.num_classes=2",
             f"train.out_dir={tmp_path / 'run'}"]  # fmt: skip
     assert main(args) == 2
     err = _err(capsys)

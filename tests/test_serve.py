@@ -20,13 +20,14 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
+from _helpers import PHOTOS
 from fastapi.testclient import TestClient  # noqa: E402
 
 from deeplab.inference import Segmenter  # noqa: E402
 from deeplab.serve.app import Limits, create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ASTRONAUT = REPO / "examples" / "astronaut.jpg"
+ASTRONAUT = PHOTOS / "astronaut.jpg"
 
 
 class Brightness(nn.Module):

@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     model = create_model("deeplabv3_mobilenetv2", num_classes=3, width_mult=0.5).eval()
     info = ModelInfo(arch="deeplabv3_mobilenetv2", options=model.build_spec["options"],
                      class_names=("a", "b", "c"), mean=(120.0,) * 3, std=(60.0,) * 3)  # fmt: skip
-    cfg = to_dict(load_config("configs/own_data.yaml"))
+    cfg = to_dict(load_config("own_data"))
     ckpt = save(root / "best.pt", best_state(model=model, step=1, config=cfg, info=info,
                                              metrics={}))  # fmt: skip
     data = root / "data"

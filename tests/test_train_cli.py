@@ -33,7 +33,7 @@ def folder_data(tmp_path):
 
 
 def test_print_config_shows_overrides(capsys):
-    assert main(["train", "-c", "configs/own_data.yaml", "--print-config", "optim.lr=0.5"]) == 0
+    assert main(["train", "-c", "own_data", "--print-config", "optim.lr=0.5"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["optim"]["lr"] == 0.5 and cfg["data"]["dataset"] == "folder"
 
@@ -50,7 +50,7 @@ def test_errors_are_one_line_with_the_fix(capsys, tmp_path):
 def test_train_real_model_on_folder_data_then_resume(folder_data, tmp_path, capsys):
     out = tmp_path / "run"
     args = [
-        "train", "-c", "configs/own_data.yaml", f"data.root={folder_data}", f"train.out_dir={out}",
+        "train", "-c", "own_data", f"data.root={folder_data}", f"train.out_dir={out}",
         "model.num_classes=3", "model.backbone_weights=null", "data.crop_size=33",
         "train.batch_size=2", "train.iters=3", "train.stop_at=2", "train.val_every=2",
         "train.progress=false", "data.num_workers=0", "model.options={width_mult: 0.5}",
@@ -91,7 +91,7 @@ def test_deeplab_eval_reproduces_the_training_validation(folder_data, tmp_path, 
     out = tmp_path / "run"
     extra = ["data.mean=[50, 60, 70]", "data.std=[30, 40, 50]"]
     # Fine-tuned BN with precise statistics: the fresh model's labels depend on its input.
-    args = ["train", "-c", "configs/own_data.yaml", f"data.root={folder_data}",
+    args = ["train", "-c", "own_data", f"data.root={folder_data}",
             f"train.out_dir={out}", "model.num_classes=3", "model.backbone_weights=null",
             "model.name=deeplabv3_mobilenetv2", "model.options={width_mult: 0.5}",
             "model.bn=finetune", "eval.precise_bn_batches=2", "data.crop_size=33",
@@ -103,7 +103,7 @@ def test_deeplab_eval_reproduces_the_training_validation(folder_data, tmp_path, 
         assert list(best["info"]["mean"]) == [50.0, 60.0, 70.0]
     assert np.count_nonzero(np.asarray(best["metrics"]["confusion_matrix"]).sum(0)) > 1
     metrics = tmp_path / "eval.json"
-    evaluate = ["eval", "-c", "configs/own_data.yaml", f"data.root={folder_data}",
+    evaluate = ["eval", "-c", "own_data", f"data.root={folder_data}",
                 "model.num_classes=3", "--weights", str(out / "best.pt"), "--out", str(metrics),
                 "--workers", "0", "--quiet"]  # fmt: skip
     assert main(evaluate) == 0

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from _helpers import PHOTOS
 from PIL import Image
 
 from deeplab.cli import main as cli_main
@@ -22,7 +21,6 @@ from deeplab.weights import (
 )
 from deeplab.weights.zoo import zoo_table
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 REQUIRED = {
     "deeplabv3_257_mv_gpu",
     "deeplabv3_mnv2_pascal_quant",
@@ -126,7 +124,7 @@ def _run(entry, image: Image.Image) -> np.ndarray:
 @pytest.mark.slow
 def test_default_model_finds_the_astronaut(offline):
     entry = default_entry()
-    pred = _run(entry, Image.open(EXAMPLES / "astronaut.jpg"))
+    pred = _run(entry, Image.open(PHOTOS / "astronaut.jpg"))
     person = pred == VOC_CLASSES.index("person")
     h, w = pred.shape
     # The astronaut's body fills the lower left half, her head is near the top middle-left;

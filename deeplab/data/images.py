@@ -10,6 +10,7 @@ all come through here, so a photo looks the same to training and to inference.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,13 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         else:
             found.append(p)
     return found
+
+
+def example_photos() -> list[Path]:
+    """The photos shipped with the package (public domain / CC0, see ``photos/README.md``):
+    what ``deeplab export`` checks exported files on, and ``deeplab examples`` copies out."""
+    folder = Path(str(resources.files("deeplab") / "photos"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_image(source: ImageInput) -> np.ndarray:

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageOps
 from deeplab import viz
 from deeplab.data.images import DataError
 from deeplab.data.labels import IGNORE_INDEX
+from deeplab.extras import require
 
 IGNORE_LABEL = "__ignore__"
 # labelme's own defaults for shapes without area: lines 10 px wide, points of radius 5.
@@ -303,13 +304,9 @@ def mask_to_labelme(
     "background" (the mask starts as class 0), then only the ones inside other regions.
     Regions under ``min_pixels`` are left out. Needs scikit-image.
     """
-    try:
-        from skimage import measure
-    except ImportError:
-        raise ImportError(
-            "writing labelme files needs scikit-image: pip install scikit-image "
-            "(or pip install 'deeplab[labelme]')"
-        ) from None
+    require("labelme", "tracing labelme polygons")
+    from skimage import measure
+
     labels = np.asarray(labels)
     h, w = labels.shape
     background = "background" in class_names[0].lower()

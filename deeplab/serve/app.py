@@ -1,4 +1,4 @@
-"""The web app and REST API of ``deeplab serve`` (FastAPI; ``pip install 'deeplab[serve]'``).
+"""The web app and REST API of ``deeplab serve`` (FastAPI; the extra ``serve``).
 
 - ``GET /``: a page to drop photos on and look at what the models see (every asset is
   served from this package: it works offline);
@@ -32,16 +32,14 @@ from PIL import Image
 from deeplab import viz
 from deeplab.data.images import DataError, read_image
 from deeplab.data.labelme import mask_to_labelme
+from deeplab.extras import require
 from deeplab.inference import Prediction, Segmenter
 
-try:
-    from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
-except ImportError as e:  # pragma: no cover - the message is the point
-    raise ImportError("deeplab serve needs FastAPI and uvicorn: "
-                      "pip install 'deeplab[serve]'") from e
+require("serve", "deeplab serve")
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile  # noqa: E402
+from fastapi.concurrency import run_in_threadpool  # noqa: E402
+from fastapi.responses import HTMLResponse, JSONResponse, Response  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
 
 OUTPUTS = ("json", "labels", "color", "overlay", "portrait")
 

@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from deeplab.config import ConfigError
 from deeplab.evaluate import jsonable
+from deeplab.extras import require
+from deeplab.system import native_bf16_cpu
 
 
 @dataclass(frozen=True)
@@ -85,11 +87,7 @@ def resolve_amp(device: torch.device) -> tuple[str, str]:
         if torch.cuda.is_bf16_supported():
             return "bf16", f"{torch.cuda.get_device_name(device)} computes bf16"
         return "none", f"{torch.cuda.get_device_name(device)} has no bf16"
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    native = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    native = native_bf16_cpu()
     if native:
         return "bf16", f"the CPU has {', '.join(native)}"
     return "none", "the CPU has no native bf16 (amx_bf16/avx512_bf16), so fp32"
@@ -195,13 +193,9 @@ class MetricsLog:
         self.path = out_dir / "metrics.jsonl"
         self.tb = None
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError(
-                    "train.tensorboard=true needs the tensorboard package: "
-                    "pip install tensorboard (or pip install 'deeplab[tensorboard]')"
-                ) from None
+            require("tensorboard", "train.tensorboard=true")
+            from torch.utils.tensorboard import SummaryWriter
+
             self.tb = SummaryWriter(str(out_dir / "tb"))
 
     def write(self, record: dict[str, Any]) -> None:
