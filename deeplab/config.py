@@ -85,6 +85,14 @@ class DataConfig:
     # of these classes (names or ids) appear `bootstrap_copies` times per epoch.
     bootstrap_classes: list[str | int] = field(default_factory=list)
     bootstrap_copies: int = 2
+    # Photometric jitter, for footage in other light than the training images: e.g.
+    # {brightness: 0.3, contrast: 0.3, saturation: 0.3, hue: 0.03, blur: 0.2} (factors in
+    # [1 - x, 1 + x], hue as a share of the colour circle, blur a probability).
+    photometric: dict[str, float] = field(default_factory=dict)
+    # Crops centred on a pixel of one of these classes (names or ids) with probability
+    # focus_prob, so that thin, rare classes (poles, signs) are seen whole and often.
+    focus_classes: list[str | int] = field(default_factory=list)
+    focus_prob: float = 0.0
     # Before the first step, check every image/mask pair ("full"; above 2000 pairs a split
     # is sampled), a sample of 2000 ("sample"), or nothing ("off"): missing or unreadable
     # files, wrong sizes, RGB or 0/255 masks, values the classes cannot hold.
@@ -113,6 +121,9 @@ class LossConfig:
     class_weights: list[float] | str | None = None
     # Average only the hardest fraction of pixels (TF flag top_k_percent_pixels); 1.0 = all.
     top_k_percent_pixels: float = 1.0
+    # Soften the targets: 0.1 puts 10% of each pixel's target on the other classes
+    # (Szegedy et al. 2016); against over-confident predictions on unfamiliar footage.
+    label_smoothing: float = 0.0
     # Ramp from all pixels to top_k over this many steps (TF hard_example_mining_step); 0 = none.
     hard_example_mining_step: int = 0
 
@@ -134,7 +145,12 @@ class TrainConfig:
     log_every: int = 20
     val_every: int = 1000  # 0: validate only at the end
     ckpt_every: int = 500
-    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    # iters: the poly decay spans train.iters steps, and max_minutes (if set) stops a run
+    # early with a checkpoint (a job's time limit). time: the decay spans max_minutes of
+    # training, validations included, however many steps that is on this machine (iters
+    # is then an upper bound); the last steps are always at the end of the decay.
+    schedule: str = "iters"
+    max_minutes: float | None = None
     # End this run at this step with a checkpoint, keeping the schedule of `iters` (split a
     # long schedule over several jobs; continue with --resume).
     stop_at: int | None = None
@@ -142,7 +158,10 @@ class TrainConfig:
     # NHWC tensors: 1.3x faster MobileNetV2 training steps on a 2-core CPU
     # (benchmarks/bench_train_throughput.py); mixed results for other backbones and devices.
     channels_last: bool = False
-    tensorboard: bool = False  # event files in out_dir/tb (needs `pip install tensorboard`)
+    tensorboard: bool = False  # event files in out_dir/tb (the extra `tensorboard`)
+    # After training, choose the dense CRF's parameters for the model on training images
+    # and store them in best.pt (`deeplab tune-crf`); `--crf` then uses them.
+    tune_crf: bool = False
 
 
 @dataclass
@@ -370,6 +389,10 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
         raise ConfigError(f"model.name={m.name!r} is not a registered model; choose one of: "
                           f"{', '.join(list_models())} (`deeplab models` lists them)")
     _choice("train.amp", t.amp, AMP_MODES)
+    _choice("train.schedule", t.schedule, ("iters", "time"))
+    if t.schedule == "time" and not (t.max_minutes and t.max_minutes > 0):
+        raise ConfigError("train.schedule=time needs a budget: train.max_minutes=60 (minutes "
+                          "of training the schedule decays over)")  # fmt: skip
     _choice("train.device", t.device, DEVICES)
     for key, os_ in (
         ("model.output_stride", m.output_stride),
@@ -389,6 +412,15 @@ def validate(cfg: Config, *, world_size: int = 1) -> None:
         )
     if m.num_classes is not None and m.num_classes < 1:
         raise ConfigError(f"model.num_classes={m.num_classes} must be >= 1")
+    unknown = set(d.photometric) - {"brightness", "contrast", "saturation", "hue", "blur"}
+    if unknown:
+        raise ConfigError(f"data.photometric: unknown {sorted(unknown)}; the keys are brightness, "
+                          "contrast, saturation, hue, blur")  # fmt: skip
+    if not 0.0 <= d.focus_prob <= 1.0 or (d.focus_prob and not d.focus_classes):
+        raise ConfigError(f"data.focus_prob={d.focus_prob} must be in [0, 1], with "
+                          "data.focus_classes naming the classes")  # fmt: skip
+    if not 0.0 <= lo.label_smoothing < 1.0:
+        raise ConfigError(f"loss.label_smoothing={lo.label_smoothing} must be in [0, 1)")
     if d.bootstrap_copies < 1:
         raise ConfigError(f"data.bootstrap_copies={d.bootstrap_copies} must be >= 1 (1: no copies)")
     if len(d.crop_size) != 2 or min(d.crop_size) < 1:

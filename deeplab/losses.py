@@ -30,6 +30,7 @@ def pixel_cross_entropy(
     weight: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
     top_k_percent: float = 1.0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy of logits [N,C,H,W] against target [N,H,W] -> scalar.
 
@@ -44,8 +45,9 @@ def pixel_cross_entropy(
         )
     # Compute in float32 even under autocast: log-softmax over many pixels in bf16 is coarse.
     losses = F.cross_entropy(
-        logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="none"
-    ).flatten()
+        logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="none",
+        label_smoothing=label_smoothing,
+    ).flatten()  # fmt: skip
     if top_k_percent >= 1.0:
         labelled = (target != ignore_index).sum()
         return losses.sum() / labelled.clamp(min=1)
@@ -81,6 +83,7 @@ class SegmentationLoss(nn.Module):
         ignore_index: int = IGNORE_INDEX,
         top_k_percent_pixels: float = 1.0,
         hard_example_mining_step: int = 0,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if class_weights is not None:
@@ -95,6 +98,7 @@ class SegmentationLoss(nn.Module):
         self.ignore_index = ignore_index
         self.top_k_percent_pixels = top_k_percent_pixels
         self.hard_example_mining_step = hard_example_mining_step
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, step: int = 0) -> torch.Tensor:
         fraction = mining_fraction(
@@ -102,7 +106,7 @@ class SegmentationLoss(nn.Module):
         )
         return pixel_cross_entropy(
             logits, target, weight=self.weight, ignore_index=self.ignore_index,
-            top_k_percent=fraction,
+            top_k_percent=fraction, label_smoothing=self.label_smoothing,
         )  # fmt: skip
 
 

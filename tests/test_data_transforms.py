@@ -163,3 +163,42 @@ def test_bad_arguments_are_reported():
         train_transform(crop_size=8, scale_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="differ in size"):
         train_transform(crop_size=8)(*_pair(8, 8)[:1], np.zeros((7, 8), np.uint8))
+
+
+def test_photometric_jitter_changes_colours_not_labels_and_repeats_with_its_rng():
+    from deeplab.data.transforms import Photometric
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    jitter = Photometric(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, blur=1.0)
+    a = jitter(image, np.random.default_rng(5))
+    b = jitter(image, np.random.default_rng(5))
+    assert a.dtype == np.uint8 and a.shape == image.shape and np.array_equal(a, b)
+    assert np.abs(a.astype(int) - image).mean() > 3
+    assert not Photometric() and np.array_equal(Photometric()(image, rng), image)
+    tf = train_transform(crop_size=33, scale_range=(1.0, 1.0), flip=False,
+                         photometric={"brightness": 0.5, "hue": 0.1})  # fmt: skip
+    mask = (np.arange(40 * 48).reshape(40, 48) % 3).astype(np.uint8)
+    plain = train_transform(crop_size=33, scale_range=(1.0, 1.0), flip=False)
+    x, y = tf(image, mask, np.random.default_rng(1))
+    x0, y0 = plain(image, mask, np.random.default_rng(1))
+    assert x.shape == x0.shape and not torch.equal(x, x0)
+    with pytest.raises(ValueError, match="brightness"):
+        train_transform(photometric={"brightnes": 0.2})
+
+
+def test_focus_crops_hold_the_rare_class():
+    """A 4x4 'pole' in a 200x200 image: uniform 65x65 crops rarely hold it, focus crops
+    always do (the pixel chosen lies inside the crop)."""
+    image = np.full((200, 200, 3), 90, np.uint8)
+    mask = np.zeros((200, 200), np.uint8)
+    mask[150:154, 20:24] = 2
+    focus = train_transform(crop_size=65, scale_range=(1.0, 1.0), flip=False,
+                            focus_classes=[2], focus_prob=1.0)  # fmt: skip
+    plain = train_transform(crop_size=65, scale_range=(1.0, 1.0), flip=False)
+    held = [bool((focus(image, mask, np.random.default_rng(s))[1] == 2).any()) for s in range(30)]
+    seen = [bool((plain(image, mask, np.random.default_rng(s))[1] == 2).any()) for s in range(30)]
+    assert all(held) and sum(seen) < 15
+    # Absent from the mask: a uniform crop, no error.
+    crop = focus(image, np.zeros_like(mask), np.random.default_rng(0))[1]
+    assert crop.shape == (65, 65)

@@ -90,3 +90,15 @@ def test_class_weights_from_json(tmp_path):
 def test_size_mismatch_is_explained():
     with pytest.raises(ValueError, match="input's height and width"):
         pixel_cross_entropy(torch.zeros(1, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_label_smoothing_penalises_confident_correct_pixels_and_skips_ignored():
+    target = torch.tensor([[[0, 1], [255, 1]]])
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1] = logits[0, 1, 1, 1] = 10.0
+    plain = SegmentationLoss(num_classes=3)(logits, target)
+    smooth = SegmentationLoss(num_classes=3, label_smoothing=0.1)(logits, target)
+    assert plain < 1e-3 < smooth
+    expected = torch.nn.functional.cross_entropy(logits, target, ignore_index=255,
+                                                 label_smoothing=0.1)  # fmt: skip
+    assert smooth == pytest.approx(float(expected), rel=1e-5)

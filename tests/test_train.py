@@ -27,6 +27,56 @@ from deeplab.train import (
 )
 
 
+def test_time_driven_schedule_ends_at_the_end_of_its_decay():
+    """A 20 s budget at 0.5 s per step (and 2 s per validation, every 10 steps): the run
+    stops by time, long before its 1000 steps, with its last steps at the end of the poly
+    decay, and its final model validated."""
+    from deeplab.train.loop import Plan, Progress, fit
+    from deeplab.train.optim import Clock
+    from deeplab.train.runtime import Process
+
+    now = [0.0]
+    clock = Clock(20.0, now=lambda: now[0])
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = poly_schedule(opt, max_iters=1000, power=0.9, clock=clock)
+    lrs, validated = [], []
+
+    def step(i):
+        lrs.append(opt.param_groups[0]["lr"])
+        now[0] += 0.5
+        sched.step()
+        return {"loss": 1.0}
+
+    def validate(progress, elapsed_s):
+        validated.append(progress.step)
+        now[0] += 2.0
+        return 0.5
+
+    plan = Plan(iters=1000, images_per_step=1, val_every=10, ckpt_every=1000,
+                max_minutes=20 / 60, progress_bar=False, clock=clock)  # fmt: skip
+    done = fit(step, plan=plan, progress=Progress(), proc=Process(0, 1, torch.device("cpu")),
+               log=lambda r: None, save=lambda p: None, validate=validate)  # fmt: skip
+    # 20 steps and 2 validations take 14 s; 2 s stay reserved for the last validation
+    assert done.status == "done" and done.step == 28, done
+    assert validated[-1] == done.step  # the final model is scored
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[-1] < 0.1 * 0.1 and lrs[0] == pytest.approx(0.1)
+    assert clock.fraction() == 1.0 and done.elapsed_s == pytest.approx(now[0])
+
+
+def test_a_shortened_budget_still_decays_to_the_end(tmp_path):
+    """Through `train`: 1.5 s of training for a schedule of 100000 steps."""
+    cfg = tiny_config(tmp_path, "train.iters=100000", "train.schedule=time", "train.log_every=1",
+                      "train.max_minutes=0.025", "train.val_every=0")  # fmt: skip
+    progress = train(cfg, model=TinyNet(), train_set=Synthetic(16), val_set=Synthetic(4))
+    assert progress.status == "done" and 3 <= progress.step < 100000
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs[-1] < 0.3 * cfg.optim.lr and "val_miou" in rows[-1]
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["step"] == progress.step and saved["elapsed_s"] >= 1.0
+
+
 def test_poly_schedule_with_warmup():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
     sched = poly_schedule(opt, max_iters=100, power=0.9, warmup_iters=10, warmup_factor=0.1)

@@ -468,6 +468,20 @@ class SegmentationDataset:
         )
 
 
+def class_ids(names: Sequence[str], classes: Sequence[int | str], *, what: str) -> list[int]:
+    """Class names or ids -> sorted ids; an unknown one is an error listing the classes."""
+    ids = set()
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            ids.add(names.index(c))
+        elif isinstance(c, int) and 0 <= c < len(names):
+            ids.add(c)
+        else:
+            raise ValueError(f"{what} {c!r} is not a class of this dataset; use an id "
+                             f"0..{len(names) - 1} or one of: {', '.join(names)}")  # fmt: skip
+    return sorted(ids)
+
+
 def duplicate_hard_images(
     dataset: SegmentationDataset, classes: Sequence[int | str], *, copies: int
 ) -> list[int]:
@@ -478,18 +492,7 @@ def duplicate_hard_images(
     of the duplicated images."""
     if copies < 1:
         raise ValueError(f"data.bootstrap_copies={copies} must be >= 1 (1: no duplicates)")
-    names = dataset.class_names
-    ids = set()
-    for c in classes:
-        if isinstance(c, str) and c in names:
-            ids.add(names.index(c))
-        elif isinstance(c, int) and 0 <= c < len(names):
-            ids.add(c)
-        else:
-            raise ValueError(
-                f"bootstrap class {c!r} is not a class of this dataset; use an id "
-                f"0..{len(names) - 1} or one of: {', '.join(names)}"
-            )
+    ids = class_ids(dataset.class_names, classes, what="bootstrap class")
     wanted = np.zeros(256, dtype=bool)
     wanted[sorted(ids)] = True
     original = list(dataset.pairs)

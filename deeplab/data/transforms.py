@@ -4,7 +4,10 @@ The training augmentation follows DeepLab's recipe (DeepLab-v3 sec. 4, DeepLab-v
 sec. 4, the official TF input pipeline): random scale in [0.5, 2.0] with step 0.25,
 pad to the crop size with the mean pixel (image) and the ignore label (mask), random
 crop, random horizontal flip. Images are resized bilinearly, masks with nearest
-neighbour so that no new class ids appear.
+neighbour so that no new class ids appear. Two options go beyond the TF release, for
+footage that differs from the training drives: photometric jitter (brightness,
+contrast, saturation, hue, blur: ``Photometric``) and crops centred, with a probability,
+on a pixel of a rare class (``focus_classes``) so that poles and signs are seen whole.
 
 A transform is called as ``transform(image, mask, rng)``:
 ``image`` uint8 numpy HxWx3 (RGB), ``mask`` integer numpy HxW (class ids, 255 = ignore),
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from deeplab.data.labels import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from deeplab.models.layers import aligned_size, check_output_stride
@@ -99,8 +102,51 @@ def pad_bottom_right(
 
 
 @dataclass(frozen=True)
+class Photometric:
+    """Colour and sharpness jitter of a uint8 RGB image (torchvision's ColorJitter, in numpy):
+    brightness, contrast and saturation factors drawn from ``[1 - x, 1 + x]``, the hue
+    turned by up to ``hue`` of the colour circle, and with probability ``blur`` a Gaussian
+    blur of radius 0.3-1.5 px. All zero: the image is returned as it is."""
+
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    blur: float = 0.0
+
+    KEYS = ("brightness", "contrast", "saturation", "hue", "blur")
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, k) for k in self.KEYS)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        draws = rng.uniform(-1.0, 1.0, 4)  # always four draws: the stream stays aligned
+        b, c, s = (1.0 + x * d for x, d in zip((self.brightness, self.contrast,
+                                                self.saturation), draws[:3], strict=True))
+        x = image.astype(np.float32)
+        if self.brightness:
+            x *= b
+        gray = x @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma
+        if self.contrast:
+            x = (x - gray.mean()) * c + gray.mean()
+            gray = (gray - gray.mean()) * c + gray.mean()
+        if self.saturation:
+            x = gray[..., None] + (x - gray[..., None]) * s
+        out = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+        if self.hue:
+            hsv = np.array(Image.fromarray(out).convert("HSV"))
+            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(self.hue * draws[3] * 255)) % 256
+            out = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+        if self.blur and rng.random() < self.blur:
+            radius = float(rng.uniform(0.3, 1.5))
+            out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(radius)))
+        return out
+
+
+@dataclass(frozen=True)
 class TrainTransform:
-    """Random scale -> flip -> normalise -> pad (mean / ignore) -> random crop.
+    """Random scale -> flip -> photometric jitter -> normalise -> pad (mean / ignore) ->
+    random crop (centred on a rare-class pixel with probability ``focus_prob``).
 
     ``(uint8 HxWx3, int HxW, rng) -> (float32 [3,crop_h,crop_w], int64 [crop_h,crop_w])``.
     """
@@ -112,6 +158,9 @@ class TrainTransform:
     std: tuple[float, float, float]
     flip: bool = True
     ignore_index: int = IGNORE_INDEX
+    photometric: Photometric = Photometric()
+    focus_classes: tuple[int, ...] = ()  # class ids a crop may be centred on
+    focus_prob: float = 0.0
 
     def sample_scale(self, rng: np.random.Generator) -> float:
         if self.scales:
@@ -132,13 +181,32 @@ class TrainTransform:
             mask = _resize_mask(mask, size)
         if self.flip and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
-        x = to_normalised_tensor(image, self.mean, self.std)
-        y = to_mask_tensor(mask)
-        x, y = pad_bottom_right(x, y, self.crop_size, self.ignore_index)
+        # The crop is placed on the image padded to the crop size, then cut from the image
+        # itself (the part inside it) and padded: the same pixels, and the jitter only
+        # pays for the crop.
         ch, cw = self.crop_size
-        top = int(rng.integers(y.shape[0] - ch + 1))
-        left = int(rng.integers(y.shape[1] - cw + 1))
-        return x[:, top : top + ch, left : left + cw], y[top : top + ch, left : left + cw]
+        top, left = self._crop_origin(mask, rng)
+        image = image[top : top + ch, left : left + cw]
+        mask = mask[top : top + ch, left : left + cw]
+        if self.photometric:
+            image = self.photometric(np.ascontiguousarray(image), rng)
+        x = to_normalised_tensor(image, self.mean, self.std)
+        return pad_bottom_right(x, to_mask_tensor(mask), self.crop_size, self.ignore_index)
+
+    def _crop_origin(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        """A uniform crop of the padded image, or (``focus_prob``) one holding a pixel of a
+        focus class present in the mask, at a random place inside the crop."""
+        ch, cw = self.crop_size
+        h, w = max(mask.shape[0], ch), max(mask.shape[1], cw)  # padded to the crop
+        if self.focus_classes and rng.random() < self.focus_prob:
+            present = [c for c in self.focus_classes if bool((mask == c).any())]
+            if present:
+                ys, xs = np.nonzero(mask == present[int(rng.integers(len(present)))])
+                k = int(rng.integers(len(ys)))
+                top = int(ys[k]) - int(rng.integers(ch))
+                left = int(xs[k]) - int(rng.integers(cw))
+                return min(max(top, 0), h - ch), min(max(left, 0), w - cw)
+        return int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
 
 
 @dataclass(frozen=True)
@@ -186,11 +254,22 @@ def train_transform(
     std: Sequence[float] = IMAGENET_STD,
     flip: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    photometric: dict[str, float] | None = None,
+    focus_classes: Sequence[int] = (),
+    focus_prob: float = 0.0,
 ) -> TrainTransform:
     """DeepLab's training augmentation; ``crop_size`` is an int or (height, width).
 
-    ``scale_step=0`` samples the scale uniformly in ``scale_range`` instead of on a grid.
+    ``scale_step=0`` samples the scale uniformly in ``scale_range`` instead of on a grid;
+    ``photometric``: ``Photometric``'s fields by name; ``focus_classes``/``focus_prob``:
+    crops centred on a pixel of one of those class ids that often.
     """
+    unknown = set(photometric or {}) - set(Photometric.KEYS)
+    if unknown:
+        raise ValueError(f"photometric {sorted(unknown)}: the keys are "
+                         f"{', '.join(Photometric.KEYS)}")  # fmt: skip
+    if not 0.0 <= focus_prob <= 1.0:
+        raise ValueError(f"focus probability {focus_prob} must be in [0, 1]")
     crop = as_size(crop_size)
     if min(crop) < 1:
         raise ValueError(f"crop_size {crop_size} must be positive")
@@ -202,6 +281,9 @@ def train_transform(
         std=_triple(std, "std"),
         flip=flip,
         ignore_index=ignore_index,
+        photometric=Photometric(**{k: float(v) for k, v in (photometric or {}).items()}),
+        focus_classes=tuple(int(c) for c in focus_classes),
+        focus_prob=float(focus_prob),
     )
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from deeplab.data.images import DataError
 from deeplab.losses import SegmentationLoss
+from deeplab.train.optim import Clock
 from deeplab.train.runtime import Process, StopRequest, any_process
 
 
@@ -32,6 +33,7 @@ class Progress:
     best_miou: float = -1.0
     last_val_step: int = -1
     status: str = "running"  # running | done | interrupted | time limit | stopped
+    elapsed_s: float = 0.0  # training time, over every run of it (a time budget's clock)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Plan:
     stop_at: int | None = None  # end here with a checkpoint, keeping the schedule of iters
     max_minutes: float | None = None  # then validate once more and stop
     progress_bar: bool = True
+    # The clock of a time-driven schedule (train.schedule=time): the run is done when its
+    # budget is spent, the decay then being at its end; max_minutes is that budget.
+    clock: Clock | None = None
 
 
 def fit(
@@ -65,12 +70,16 @@ def fit(
     ``plan.ckpt_every`` steps, when the run ends, and before a data error stops it.
     """
     stop_at = min(plan.iters, plan.stop_at or plan.iters)
-    start, window, images = time.monotonic(), time.perf_counter(), 0
+    clock = plan.clock or Clock(None, elapsed_s=progress.elapsed_s)
+    run_start, window, images = time.monotonic(), time.perf_counter(), 0
     bar = tqdm(total=plan.iters, initial=progress.step, dynamic_ncols=True,
                disable=not (proc.is_main and plan.progress_bar))  # fmt: skip
 
     def run_validation() -> None:
-        miou = validate(progress, time.monotonic() - start)
+        began = clock.now()
+        miou = validate(progress, clock.elapsed_s)
+        clock.reserve_s = clock.now() - began  # the last validation will take as long
+        progress.elapsed_s = clock.elapsed_s
         progress.last_val_step = progress.step
         if proc.is_main:
             bar.write(f"step {progress.step}: val mIoU {100 * miou:.2f}%")
@@ -83,21 +92,26 @@ def fit(
                 save(progress)  # the file broke mid-run: keep what was learned, then stop
                 raise
             progress.step += 1
+            spent = clock.tick() >= 1.0  # a time budget spent: the decay is at its end
+            progress.elapsed_s = clock.elapsed_s
             images += plan.images_per_step
             bar.update(1)
             if progress.step % plan.log_every == 0 or progress.step == stop_at:
                 img_s = images / max(time.perf_counter() - window, 1e-9)
                 log({"step": progress.step, **record, "img_s": img_s,
-                     "elapsed_s": time.monotonic() - start})  # fmt: skip
+                     "elapsed_s": progress.elapsed_s})  # fmt: skip
                 bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{img_s:.1f}")
                 window, images = time.perf_counter(), 0
             due = plan.val_every and progress.step % plan.val_every == 0
             if validate is not None and (due or progress.step == plan.iters):
                 run_validation()
-            late = bool(plan.max_minutes) and time.monotonic() - start > 60 * plan.max_minutes
-            if any_process(stop.signum is not None or late, proc):
-                progress.status = "interrupted" if stop.signum is not None else "time limit"
-                if late and validate is not None and progress.last_val_step != progress.step:
+            late = (bool(plan.max_minutes) and clock.budget_s is None
+                    and time.monotonic() - run_start > 60 * plan.max_minutes)  # fmt: skip
+            if any_process(stop.signum is not None or late or spent, proc):
+                progress.status = ("interrupted" if stop.signum is not None else
+                                   "time limit" if late else "done")  # fmt: skip
+                if (late or spent) and validate is not None and \
+                        progress.last_val_step != progress.step:  # fmt: skip
                     run_validation()  # the run's end: its model gets scored (and kept if best)
                 break
             if progress.step % plan.ckpt_every == 0 and progress.step < stop_at:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from deeplab import checkpoint, hub
 from deeplab.config import Config, ConfigError, normalisation, require_data_root, to_dict, validate
 from deeplab.data.check import DataCheckError, diagnose
-from deeplab.data.datasets import build_dataset, duplicate_hard_images
+from deeplab.data.datasets import build_dataset, class_ids, duplicate_hard_images
 from deeplab.data.transforms import train_transform
 from deeplab.evaluate import evaluate_split, format_report
 from deeplab.inference import Segmenter
@@ -39,19 +39,21 @@ from deeplab.train.batchnorm import (
     set_train_mode,
 )
 from deeplab.train.loop import Plan, Progress, fit, train_step
-from deeplab.train.optim import build_optimizer, poly_schedule
+from deeplab.train.optim import Clock, build_optimizer, poly_schedule
 from deeplab.train.runtime import (
     MetricsLog,
     Process,
     autocast_for,
     gather_rng_states,
     init_process,
+    max_over_processes,
     resolve_amp,
     seed_everything,
     set_rng_state,
     unwrap,
 )
 from deeplab.train.sampling import BatchStream, ShardedBatchSampler
+from deeplab.tune import tune_checkpoint
 from deeplab.viz import save_training_curve
 from deeplab.weights import load_backbone_weights
 
@@ -134,9 +136,14 @@ def train(
     o = cfg.optim
     optimizer = build_optimizer(model, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                 decay_bn_and_bias=o.decay_bn_and_bias)  # fmt: skip
+    # train.schedule=time: the decay spans train.max_minutes of training, whatever the
+    # machine's speed (the clock carries the time of earlier runs of a resumed training).
+    clock = Clock(60 * t.max_minutes if t.schedule == "time" else None,
+                  elapsed_s=float(state.get("elapsed_s", 0.0)) if state else 0.0,
+                  agree=lambda f: max_over_processes(f, proc))  # fmt: skip
     scheduler = poly_schedule(optimizer, max_iters=t.iters, power=o.poly_power,
-                              warmup_iters=o.warmup_iters,
-                              warmup_factor=o.warmup_factor)  # fmt: skip
+                              warmup_iters=o.warmup_iters, warmup_factor=o.warmup_factor,
+                              clock=clock)  # fmt: skip
     scaler = torch.amp.GradScaler(proc.device.type, enabled=t.amp == "fp16")
     weights = cfg.loss.class_weights
     loss_fn = SegmentationLoss(
@@ -144,6 +151,7 @@ def train(
         class_weights=load_class_weights(weights, num_classes=num_classes) if weights else None,
         top_k_percent_pixels=cfg.loss.top_k_percent_pixels,
         hard_example_mining_step=cfg.loss.hard_example_mining_step,
+        label_smoothing=cfg.loss.label_smoothing,
     ).to(proc.device)
     sampler = ShardedBatchSampler(len(train_set), batch_size=micro_batch, seed=t.seed,
                                   rank=proc.rank, world_size=proc.world_size)  # fmt: skip
@@ -153,7 +161,8 @@ def train(
     if state is not None:
         position = checkpoint.restore_training(state, optimizer=optimizer, scheduler=scheduler,
                                                scaler=scaler)  # fmt: skip
-        progress = Progress(step=position["step"], best_miou=position["best_miou"])
+        progress = Progress(step=position["step"], best_miou=position["best_miou"],
+                            elapsed_s=clock.elapsed_s)  # fmt: skip
         if position["data"] is not None:
             batches.load_state(position["data"])
             rngs = position["rng"]
@@ -191,7 +200,7 @@ def train(
                 model=unwrap(model), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 rng=rngs, data=batches.state(), step=progress.step,
                 best_miou=progress.best_miou, config=config_dict, info=info,
-                world_size=proc.world_size,
+                world_size=proc.world_size, elapsed_s=progress.elapsed_s,
             ))  # fmt: skip
 
     def validate_and_keep_best(progress: Progress, elapsed_s: float) -> float:
@@ -218,15 +227,23 @@ def train(
 
     plan = Plan(iters=t.iters, images_per_step=t.batch_size, log_every=t.log_every,
                 val_every=t.val_every, ckpt_every=t.ckpt_every, stop_at=t.stop_at,
-                max_minutes=t.max_minutes, progress_bar=t.progress)  # fmt: skip
+                max_minutes=t.max_minutes, progress_bar=t.progress,
+                clock=clock if t.schedule == "time" else None)  # fmt: skip
     set_train_mode(model, frozen_bn)
     try:
-        return fit(step, plan=plan, progress=progress, proc=proc, log=metrics.write, save=save,
-                   validate=validate_and_keep_best if val_set is not None else None)  # fmt: skip
+        progress = fit(step, plan=plan, progress=progress, proc=proc, log=metrics.write,
+                       save=save, validate=validate_and_keep_best if val_set is not None else None)
     finally:
         metrics.close()
         if proc.is_main:
             draw_curve(out)
+    if t.tune_crf and proc.is_main and progress.status == "done":
+        target = out / "best.pt" if (out / "best.pt").is_file() else out / "last.pt"
+        tuning = tune_checkpoint(target)
+        log.info("dense CRF tuned on %s in %.0f s: mIoU there %.2f -> %.2f with %s; stored in %s",
+                 tuning.source, tuning.seconds, 100 * tuning.miou_without,
+                 100 * tuning.miou_with, tuning.options, target)  # fmt: skip
+    return progress
 
 
 def draw_curve(out: Path) -> None:
@@ -299,10 +316,13 @@ def build_datasets(cfg: Config, *, mean, std, seed: int, proc: Process):
     if d.dataset == "folder" and cfg.model.num_classes and "class_names" not in options:
         options.setdefault("num_classes", cfg.model.num_classes)
     train_tf = train_transform(crop_size=d.crop_size, scale_range=tuple(d.scale_range),
-                               scale_step=d.scale_step, mean=mean, std=std,
-                               flip=d.hflip)  # fmt: skip
+                               scale_step=d.scale_step, mean=mean, std=std, flip=d.hflip,
+                               photometric=d.photometric, focus_prob=d.focus_prob)  # fmt: skip
     train_set = build_dataset(d.dataset, root=root, split=d.train_split, transform=train_tf,
                               seed=seed, **options)  # fmt: skip
+    if d.focus_classes:  # names are known once the dataset is
+        ids = class_ids(train_set.class_names, d.focus_classes, what="data.focus_classes:")
+        train_set.transform = dataclasses.replace(train_tf, focus_classes=tuple(ids))
     val_set = build_dataset(d.dataset, root=root, split=d.val_split, **options) \
         if d.val_split else None  # fmt: skip
     check_data(cfg, train_set, val_set, proc=proc)

@@ -69,6 +69,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def max_over_processes(value: float, proc: Process) -> float:
+    """The largest ``value`` of all processes (every process gets the same number)."""
+    if not proc.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64,
+                     device=proc.device if proc.device.type == "cuda" else "cpu")  # fmt: skip
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def any_process(flag: bool, proc: Process) -> bool:
     """True if ``flag`` is set on any process (so all stop at the same step)."""
     if not proc.distributed:
