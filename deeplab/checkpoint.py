@@ -45,6 +45,9 @@ class ModelInfo:
     ``options`` are the builder's keyword arguments (``num_classes`` and ``output_stride``
     included); ``mean``/``std`` are in 0-255 pixel units; ``input_size`` is the one input
     size of models made for a fixed canvas (Google's 513 / 257 TFLite models), else None.
+    ``crf``: the dense CRF's parameters chosen for this model on its training images
+    (``deeplab tune-crf``): ``{"options": {...}, "source": ..., "miou_without": ...,
+    "miou_with": ...}``; None when never tuned.
     """
 
     arch: str
@@ -55,6 +58,7 @@ class ModelInfo:
     palette: tuple[tuple[int, int, int], ...] | None = None
     input_size: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the zoo entry's name
+    crf: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -199,13 +203,15 @@ def last_state(
     config: dict[str, Any],
     info: ModelInfo | None,
     world_size: int,
+    elapsed_s: float = 0.0,
 ) -> dict[str, Any]:
-    """The contents of ``last.pt``: everything an exact resume needs."""
+    """The contents of ``last.pt``: everything an exact resume needs (``elapsed_s``: the
+    training time so far, which a time-driven schedule continues from)."""
     state = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
         "data": data, "step": step, "best_miou": best_miou, "config": config,
-        "world_size": world_size,
+        "world_size": world_size, "elapsed_s": elapsed_s,
     }  # fmt: skip
     if info is not None:
         state["info"] = info.to_dict()

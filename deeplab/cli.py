@@ -538,6 +538,38 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- deeplab tune-crf -------------------------------------------------------------
+
+
+def _add_tune_crf(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="the checkpoint to tune for (best.pt)")
+    p.add_argument("--dataset", help="default: the checkpoint's training dataset")
+    p.add_argument("--data-root", help="default: the checkpoint's data.root")
+    p.add_argument("--split", help="training split to tune on (default: the checkpoint's "
+                   "train split; validation images are refused)")
+    p.add_argument("--images", type=int, default=24, help="images, spread over the split")
+    p.add_argument("--iterations", type=int, default=5, help="mean-field iterations")
+    p.add_argument("--dry-run", action="store_true", help="print the choice, write nothing")
+
+
+def _run_tune_crf(args: argparse.Namespace) -> int:
+    from deeplab.tune import tune_checkpoint
+
+    tuning = tune_checkpoint(args.weights, dataset=args.dataset, data_root=args.data_root,
+                             split=args.split, images=args.images, iterations=args.iterations,
+                             write=not args.dry_run)  # fmt: skip
+    for setting, miou in sorted(tuning.tried, key=lambda t: -t[1])[:5]:
+        shown = {k: v for k, v in setting.items() if k.startswith("bilateral")}
+        print(f"  {100 * miou:6.2f}  {shown}")
+    print(f"on {tuning.source}: mIoU {100 * tuning.miou_without:.2f} without the CRF, "
+          f"{100 * tuning.miou_with:.2f} with {tuning.options} ({tuning.seconds:.0f} s)")
+    if not tuning.helps:
+        print("note: no setting helped on these images; --crf will likely not help this model")
+    if not args.dry_run:
+        print(f"stored in {args.weights}: --crf now uses them (an explicit --crf-option wins)")
+    return 0
+
+
 # --- deeplab recipes / examples / env ------------------------------------------
 
 
@@ -624,6 +656,8 @@ COMMANDS: list[Command] = [
     ("export", "export a model to ONNX or TFLite and check it against PyTorch",
      _add_export, _run_export),
     ("serve", "a web page and REST API for segmenting photos", _add_serve, _run_serve),
+    ("tune-crf", "choose the dense CRF's parameters for a checkpoint on training images",
+     _add_tune_crf, _run_tune_crf),
     ("recipes", "list the training recipes; print one or write it out to edit",
      _add_recipes, _run_recipes),
     ("examples", "the example photos shipped with deeplab; copy them out", _add_examples,

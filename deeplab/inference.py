@@ -140,6 +140,28 @@ def save_prediction(
 # --- the segmenter ----------------------------------------------------------
 
 
+def crf_options_for(info: ModelInfo, explicit: dict[str, Any]) -> dict[str, Any]:
+    """The dense CRF's parameters for this model, and a line saying which: the ones tuned
+    for it on its training images (``deeplab tune-crf``), with ``explicit`` ones
+    (``--crf-option``) over them. A model with neither gets the defaults and a warning: they
+    suit VOC photos, and lowered the CamVid model's mIoU by 3 points (docs/BENCHMARKS.md)."""
+    tuned = dict((info.crf or {}).get("options") or {})
+    if tuned:
+        record = info.crf or {}
+        log.info("dense CRF: parameters tuned for this model on %s (mIoU %.2f -> %.2f there): "
+                 "%s%s", record.get("source", "its training images"),
+                 100 * record.get("miou_without", float("nan")),
+                 100 * record.get("miou_with", float("nan")), tuned,
+                 f"; overridden by --crf-option {explicit}" if explicit else "")  # fmt: skip
+    elif explicit:
+        log.info("dense CRF: parameters from --crf-option %s, the rest defaults", explicit)
+    else:
+        log.warning("dense CRF: this model has no tuned CRF parameters, so the defaults run; "
+                    "they were chosen for VOC photos and can lower another model's mIoU. "
+                    "Choose them with: deeplab tune-crf --weights FILE")  # fmt: skip
+    return {**tuned, **explicit}
+
+
 def _tile_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of tiles of size ``crop`` covering ``length``; the last tile ends flush."""
     if length <= crop:
@@ -247,10 +269,14 @@ class Segmenter:
 
     @classmethod
     def from_info(cls, model: nn.Module, info: ModelInfo, **options: Any) -> Segmenter:
-        """``model`` fed and read as ``info`` says; ``options`` may override any of it."""
+        """``model`` fed and read as ``info`` says; ``options`` may override any of it. With
+        ``crf=True`` the CRF runs with the parameters tuned for the model (``info.crf``),
+        explicit ``crf_options`` winning (``crf_options_for``)."""
         fields = dict(mean=info.mean, std=info.std, class_names=info.class_names,
                       palette=info.palette, input_size=info.input_size,
                       memory_format="auto")  # fmt: skip
+        if options.get("crf"):
+            options["crf_options"] = crf_options_for(info, options.get("crf_options") or {})
         return cls(model, **{**fields, **options})
 
     @classmethod
