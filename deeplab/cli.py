@@ -501,13 +501,31 @@ def _run_export(args: argparse.Namespace) -> int:
 def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=[],
                    help="zoo entry to serve (repeatable; default: the VOC model)")
-    p.add_argument("--weights", action="append", default=[],
-                   help="checkpoint or exported .onnx file to serve (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
+                   help="checkpoint or exported .onnx file to serve, named NAME or after the "
+                   "file (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1; another "
+                   "needs --token)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=os.environ.get("DEEPLAB_SERVE_TOKEN"),
+                   help="bearer token the API requires (default: $DEEPLAB_SERVE_TOKEN)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve beyond loopback without a token (a proxy in front authenticates)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the server answers to besides loopback (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its models and queue (see the README)")
+    p.add_argument("--threads", type=int,
+                   help="threads per worker for the network (default: cores / workers)")
     p.add_argument("--concurrency", type=int, default=2, help="images segmented at once")
-    p.add_argument("--queue", type=int, default=8, help="requests waiting; more get 503")
-    p.add_argument("--max-upload-mb", type=float, default=20.0)
+    p.add_argument("--queue", type=int, default=8, help="uploads waiting; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
+    p.add_argument("--max-megapixels", type=float, default=40.0,
+                   help="decoded image limit (default 40; see the README for the memory)")
+    p.add_argument("--max-side", type=int, default=2049,
+                   help="longest side a network without a fixed canvas sees (default 2049)")
+    p.add_argument("--deadline", type=float, default=60.0,
+                   help="seconds a request may take, queue included; then 504")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:1 (default cpu)")
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
                    help="what runs the network (auto: onnxruntime on a CPU when installed)")
@@ -517,24 +535,23 @@ def _run_serve(args: argparse.Namespace) -> int:
     from deeplab.extras import require
 
     require("serve", "deeplab serve")
-    _require_runtime(args.weights, args.runtime)
-    import uvicorn
+    weights = [w.partition("=")[2] if "=" in w and not Path(w).exists() else w
+               for w in args.weights]  # fmt: skip
+    _require_runtime(weights, args.runtime)
+    from deeplab.serve.guard import Limits
+    from deeplab.serve.run import check_access, model_names, serve
+    from deeplab.system import cpu_count
 
-    from deeplab.inference import segmenter_for
-    from deeplab.serve.app import Limits, create_app
-
-    segmenters = {}
-    for name in args.model or ([] if args.weights else [None]):
-        seg = segmenter_for(model=name, device=args.device, runtime=args.runtime)
-        segmenters[name or "default"] = seg
-    for weights in args.weights:
-        segmenters[Path(weights).stem] = segmenter_for(weights=weights, device=args.device,
-                                                       runtime=args.runtime)  # fmt: skip
-    app = create_app(segmenters, limits=Limits(args.concurrency, args.queue,
-                                               args.max_upload_mb))  # fmt: skip
-    runtimes = ", ".join(f"{n} ({s.runtime})" for n, s in segmenters.items())
-    print(f"serving {runtimes} on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    limits = Limits(concurrency=args.concurrency, queue=args.queue,
+                    max_upload_mb=args.max_upload_mb,
+                    max_pixels=int(args.max_megapixels * 1e6), max_side=args.max_side,
+                    deadline_s=args.deadline)  # fmt: skip
+    access = check_access(args.host, args.token, args.no_auth, args.allowed_host)
+    model_names(args.model, args.weights)  # two models of one name: say so before loading
+    threads = args.threads or max(1, cpu_count() // max(1, args.workers))
+    serve(models=args.model, weights=args.weights, host=args.host, port=args.port,
+          access=access, limits=limits, workers=args.workers, threads=threads,
+          device=args.device, runtime=args.runtime)  # fmt: skip
     return 0
 
 

@@ -26,7 +26,8 @@ from deeplab.weights import cache_dir, weights_dirs
 _DISTRIBUTIONS = {
     "onnx": "onnx", "onnxruntime": "onnxruntime", "litert_torch": "litert-torch",
     "ai_edge_litert": "ai-edge-litert", "av": "av", "fastapi": "fastapi", "uvicorn": "uvicorn",
-    "python_multipart|multipart": "python-multipart", "numba": "numba",
+    "python_multipart": "python-multipart", "prometheus_client": "prometheus-client",
+    "numba": "numba",
     "matplotlib": "matplotlib", "skimage": "scikit-image", "tensorboard": "tensorboard",
 }  # fmt: skip
 

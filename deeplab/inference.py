@@ -184,7 +184,9 @@ class Segmenter:
     ``precision`` (fp32, or bf16/fp16 autocast), ``memory_format`` (``contiguous``,
     ``channels_last``, or ``auto``: the faster of the two, timed on the first input; the
     constructors from a model name or file use auto), ``batch_size`` (images, flips and
-    tiles per forward pass).
+    tiles per forward pass), ``max_side`` (the longest side the network sees: a larger image
+    is reduced, keeping its aspect ratio, and the labels come back at its full size; what
+    bounds a server's memory per request).
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class Segmenter:
         memory_format: str = "contiguous",
         batch_size: int = 4,
         align_corners: bool | None = None,
+        max_side: int | None = None,
     ) -> None:
         self.device = _resolve_device(device, model)
         self.model = model.to(self.device).eval()
@@ -239,6 +242,9 @@ class Segmenter:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.batch_size = batch_size
+        if max_side is not None and max_side < 16:
+            raise ValueError(f"max_side must be at least 16 pixels; got {max_side}")
+        self.max_side = max_side
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if precision == "fp16" and self.device.type != "cuda":
@@ -381,9 +387,10 @@ class Segmenter:
         n, h, w, _ = images.shape
         x = _tensor(images).to(self.device).permute(0, 3, 1, 2)
         canvas = self._canvas(1.0)
-        if canvas is not None:  # into the canvas, reading only the rows the resize needs
-            x = _bilinear_rows_first(x, self._scaled_size((h, w), 1.0, canvas),
-                                     align_corners=self.align_corners)  # fmt: skip
+        fitted = self._scaled_size((h, w), 1.0, canvas)
+        reduced = canvas is not None or fitted != (h, w)
+        if reduced:  # into the canvas (or max_side), reading only the rows the resize needs
+            x = _bilinear_rows_first(x, fitted, align_corners=self.align_corners)
         x = ((x.float() - self.mean.to(x.device)) / self.std.to(x.device))
         fh, fw = x.shape[-2:]
         grid = canvas or (aligned_size(fh, self._stride(), align_corners=self.align_corners),
@@ -395,7 +402,7 @@ class Segmenter:
             scores = self._run(self.model, x)
         scores = scores.float()
         ac = self.align_corners
-        if canvas is not None:  # as probabilities(): scores at the canvas, cropped, resized
+        if reduced:  # as probabilities(): scores at the grid, cropped, resized
             def upsample(s: torch.Tensor) -> np.ndarray:
                 valid = self._resize(s, grid)[:, :, :fh, :fw]
                 return upsampled_argmax(valid, (h, w), align_corners=ac).cpu().numpy()
@@ -454,8 +461,11 @@ class Segmenter:
         self, size: torch.Size, scale: float, canvas: tuple[int, int] | None
     ) -> tuple[int, int]:
         h, w = size
-        # Fit the image inside the canvas keeping its aspect ratio, or plainly scale it.
+        # Fit the image inside the canvas keeping its aspect ratio, or plainly scale it
+        # (and bring its longest side down to max_side).
         ratio = scale if canvas is None else min(canvas[0] / h, canvas[1] / w)
+        if canvas is None and self.max_side and max(h, w) * ratio > self.max_side:
+            ratio = self.max_side / max(h, w)
         return (max(1, round(h * ratio)), max(1, round(w * ratio)))
 
     def _resize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

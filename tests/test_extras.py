@@ -17,7 +17,8 @@ CASES = [
     # (extra, modules hidden, the command; {tmp} is a temporary folder)
     ("serve", ("fastapi",), ["serve"]),
     ("serve", ("uvicorn",), ["serve", "--model", "deeplabv3_257_mv_gpu"]),
-    ("serve", ("python_multipart", "multipart"), ["serve"]),
+    ("serve", ("python_multipart",), ["serve"]),
+    ("serve", ("prometheus_client",), ["serve"]),
     ("export", ("onnxruntime",), ["serve", "--weights", "{tmp}/model.onnx"]),
     ("video", ("av",), ["predict", "{tmp}/clip.mp4", "--out", "{tmp}/out"]),
     ("export", ("onnx",), ["export", "--out", "{tmp}/model.onnx"]),

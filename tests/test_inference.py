@@ -549,3 +549,29 @@ def test_cli_predict_with_a_state_dict(tmp_path, capsys):
     assert set(n.rsplit(" ", 1)[0] for n in line[12:].split(", ")) <= set(
         ("sky building pole road pavement tree sign_symbol fence car pedestrian bicyclist").split()
     )
+
+
+def test_max_side_reduces_what_the_network_sees_not_the_labels():
+    """A 300x200 image with max_side 64: the network gets at most 48x64 (padded to its grid),
+    the labels come back at 300x200 and agree with full-size labels away from edges."""
+    seen = []
+
+    class Halves(torch.nn.Module):
+        num_classes = 2
+        output_stride = 8
+
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            v = x.mean(1, keepdim=True)
+            return torch.cat([-v, v], 1)
+
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[:, 150:] = 255
+    small = Segmenter(Halves(), mean=(127.5,) * 3, std=(127.5,) * 3, max_side=64)
+    full = Segmenter(Halves(), mean=(127.5,) * 3, std=(127.5,) * 3)
+    a, b = small.predict(image).labels, full.predict(image).labels
+    assert max(seen[0]) <= 65 and seen[1] == (200, 304)  # padded to multiples of 8
+    assert a.shape == b.shape == (200, 300)
+    assert (a[:, :140] == 0).all() and (a[:, 160:] == 1).all() and (a == b).mean() > 0.97
+    with pytest.raises(ValueError, match="max_side"):
+        Segmenter(Halves(), mean=(0,) * 3, std=(1,) * 3, max_side=4)

@@ -28,6 +28,7 @@ from deeplab.serve.app import Limits, create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ASTRONAUT = PHOTOS / "astronaut.jpg"
+TOKEN = "page-test-token-0123456789"
 
 
 class Brightness(nn.Module):
@@ -157,6 +158,7 @@ def server(weights_dir):
         pytest.skip("the default VOC model is not in the weights folder")
     port = _free_port()
     env = {**os.environ, "DEEPLAB_WEIGHTS_DIR": str(weights_dir), "OMP_NUM_THREADS": "2"}
+    env["DEEPLAB_SERVE_TOKEN"] = TOKEN  # as an operator would set it
     proc = subprocess.Popen([sys.executable, "-m", "deeplab.cli", "serve", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import httpx
@@ -192,6 +194,14 @@ def test_page_in_a_real_browser(server, tmp_path):
             "--disable-component-update", "--disable-sync", "--no-first-run"])  # fmt: skip
         page = browser.new_page(accept_downloads=True)
         page.goto(server)
+        # The server wants a token: the page asks once, then keeps it for the tab.
+        page.wait_for_selector("#token-form:not([hidden])")
+        page.fill("#token", "not-the-token")
+        page.click("#token-form button")
+        page.wait_for_function("document.querySelector('#message').textContent.includes("
+                               "'refused')")  # fmt: skip
+        page.fill("#token", TOKEN)
+        page.click("#token-form button")
         page.wait_for_selector("body[data-ready=true]")
         assert "default" in page.inner_text("#model")
         page.set_input_files("#file", str(ASTRONAUT))

@@ -2,19 +2,19 @@
 
 - ``GET /``: a page to drop photos on and look at what the models see (every asset is
   served from this package: it works offline);
-- ``POST /v1/segment``: multipart field ``image``; form fields ``model`` (a loaded model's
-  name), ``output`` = ``json`` (default: the classes found by name with their pixel shares,
-  ``polygons=true`` adds labelme polygons, ``raw_labels=true`` the labels as base64 bytes)
-  | ``labels`` (index PNG) | ``color`` (PNG) | ``overlay`` (JPEG, ``alpha``) |
-  ``portrait`` (JPEG, the class ``portrait`` sharp);
+- ``POST /v1/segment``: multipart field ``image`` (JPEG, PNG, WebP, BMP, GIF or TIFF);
+  form fields ``model`` (a loaded model's name), ``output`` = ``json`` (default: the
+  classes found by name with their pixel shares, ``polygons=true`` adds labelme polygons,
+  ``raw_labels=true`` the labels as base64 bytes) | ``labels`` (index PNG) | ``color``
+  (PNG) | ``overlay`` (JPEG, ``alpha``) | ``portrait`` (JPEG, the class ``portrait`` sharp);
 - ``GET /v1/models``: the loaded models with their classes and colours;
-- ``GET /healthz``; the OpenAPI schema at ``/openapi.json`` and ``/docs``.
+- ``GET /healthz`` (alive), ``GET /readyz`` (models loaded and the queue not full),
+  ``GET /metrics`` (Prometheus), the OpenAPI schema at ``/openapi.json``.
 
-At most ``concurrency`` images are segmented at once (in worker threads, so the server
-keeps answering); up to ``queue`` more wait, and a request beyond that gets 503 at once.
-An upload over ``max_upload_mb`` gets 413; a file that is not an image, or a
-decompression bomb, 400 with the reason. A model is chosen by name among those loaded:
-no request can make the server read a file.
+``guard.Guard`` checks every request first (host, token, admission, byte limits). At most
+``concurrency`` images are decoded, segmented and encoded at once, in worker threads, so
+the server keeps answering; a request not answered within ``deadline_s`` gets 504. A model
+is chosen by name among those loaded: no request can make the server read a file.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,43 +37,71 @@ from deeplab.extras import require
 from deeplab.inference import Prediction, Segmenter
 
 require("serve", "deeplab serve")
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile  # noqa: E402
+from fastapi import FastAPI, HTTPException, Request  # noqa: E402
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
 from fastapi.responses import HTMLResponse, JSONResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
+from deeplab.serve.forms import FormError, FormReader  # noqa: E402
+from deeplab.serve.guard import Access, Guard, Limits, Traffic  # noqa: E402
+from deeplab.serve.observe import Metrics  # noqa: E402
+
 OUTPUTS = ("json", "labels", "color", "overlay", "portrait")
+# Photo formats only: Pillow opens many more (EPS through Ghostscript, PSD, SGI, TGA, ...),
+# each one more decoder facing the network.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+SEGMENT_FORM = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary",
+                      "description": "the photo: " + ", ".join(FORMATS)},
+            "model": {"type": "string", "description": "a loaded model (GET /v1/models)"},
+            "output": {"type": "string", "enum": list(OUTPUTS), "default": "json"},
+            "polygons": {"type": "boolean", "default": False,
+                         "description": "json: add labelme polygons"},
+            "raw_labels": {"type": "boolean", "default": False,
+                           "description": "json: the labels as base64 uint8"},
+            "alpha": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                      "description": "overlay opacity"},
+            "portrait": {"type": "string", "description": "portrait: the class kept sharp"},
+        }}}}},
+}  # fmt: skip
 
 
-@dataclass
-class Limits:
-    """How much the server takes on at once."""
+@dataclass(frozen=True)
+class Ask:
+    """One request's choices, checked."""
 
-    concurrency: int = 2  # images segmented at the same time
-    queue: int = 8  # requests that may wait for a free slot; more get 503
-    max_upload_mb: float = 20.0
-    max_pixels: int = 50_000_000  # above: 400, whatever the file's size (decompression bomb)
+    model: str
+    output: str
+    polygons: bool
+    raw_labels: bool
+    alpha: float
+    portrait: str
+    filename: str
+    data: bytes
 
 
-def create_app(segmenters: dict[str, Segmenter], *, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI app serving ``segmenters`` (name -> Segmenter; the first is the default)."""
+def create_app(
+    segmenters: dict[str, Segmenter],
+    *,
+    limits: Limits | None = None,
+    access: Access | None = None,
+    load_seconds: dict[str, float] | None = None,
+) -> FastAPI:
+    """The app serving ``segmenters`` (name -> Segmenter; the first is the default)."""
     if not segmenters:
         raise ValueError("deeplab serve needs at least one model")
-    limits = limits or Limits()
-    app = FastAPI(title="deeplab", version="1", description=__doc__.split("\n\n")[0])
+    limits, access = limits or Limits(), access or Access()
+    app = FastAPI(title="deeplab", version="1", description=__doc__.split("\n\n")[0],
+                  docs_url=None, redoc_url=None)  # Swagger UI would come from a CDN
+    traffic, metrics = Traffic(ready=True), Metrics()
+    for name, seconds in (load_seconds or {}).items():
+        metrics.load_seconds.labels(name).set(seconds)
+    app.add_middleware(Guard, limits=limits, access=access, traffic=traffic, metrics=metrics)
     slots = asyncio.Semaphore(limits.concurrency)
-    waiting = {"count": 0}
     default = next(iter(segmenters))
     static = resources.files("deeplab.serve") / "static"
-
-    @app.middleware("http")
-    async def refuse_big_uploads(request: Request, call_next):
-        # Before the form is parsed (and spooled to disk): a declared size over the limit.
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limits.max_upload_mb * 2**20 + 2**16:
-            return JSONResponse({"detail": f"upload of {declared / 2**20:.1f} MB; the limit is "
-                                 f"{limits.max_upload_mb:g} MB"}, status_code=413)  # fmt: skip
-        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -84,6 +113,19 @@ def create_app(segmenters: dict[str, Segmenter], *, limits: Limits | None = None
     def healthz() -> dict[str, Any]:
         return {"status": "ok", "models": list(segmenters)}
 
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        full = traffic.admitted >= limits.concurrency + limits.queue
+        ready = traffic.ready and not full
+        return JSONResponse({"ready": ready, "queue": traffic.admitted,
+                             "capacity": limits.concurrency + limits.queue},
+                            status_code=200 if ready else 503)  # fmt: skip
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        body, kind = metrics.exposition()
+        return Response(body, media_type=kind)
+
     @app.get("/v1/models")
     def models() -> list[dict[str, Any]]:
         return [
@@ -93,84 +135,129 @@ def create_app(segmenters: dict[str, Segmenter], *, limits: Limits | None = None
             for name, seg in segmenters.items()
         ]  # fmt: skip
 
-    @app.post("/v1/segment")
-    async def segment(
-        image: Annotated[UploadFile, File(description="the photo (any format Pillow reads)")],
-        model: Annotated[str, Form(description="a loaded model (GET /v1/models)")] = "",
-        output: Annotated[str, Form(description=" | ".join(OUTPUTS))] = "json",
-        polygons: Annotated[bool, Form(description="json: add labelme polygons")] = False,
-        raw_labels: Annotated[bool, Form(description="json: labels, base64 uint8")] = False,
-        alpha: Annotated[float, Form(ge=0.0, le=1.0, description="overlay opacity")] = 0.5,
-        portrait: Annotated[str, Form(description="portrait: the class kept sharp")] = "",
-    ) -> Response:
-        name = model or default
-        if name not in segmenters:
-            raise HTTPException(404, f"no model {name!r}; loaded: {', '.join(segmenters)}")
-        if output not in OUTPUTS:
-            raise HTTPException(422, f"output {output!r}; choose one of: {', '.join(OUTPUTS)}")
-        seg = segmenters[name]
-        if output == "portrait" and portrait not in seg.class_names:
-            raise HTTPException(422, f"portrait needs a class of {name}: "
-                                     f"{', '.join(seg.class_names)}")  # fmt: skip
-        limit = int(limits.max_upload_mb * 2**20)
-        data = await image.read(limit + 1)  # chunked uploads declare no size: count it
-        if len(data) > limit:
-            raise HTTPException(413, f"upload over the {limits.max_upload_mb:g} MB limit")
-        if waiting["count"] >= limits.queue + limits.concurrency:
-            raise HTTPException(503, "busy: too many images in the queue; try again shortly",
-                                headers={"Retry-After": "1"})  # fmt: skip
-        waiting["count"] += 1
-        try:
-            async with slots:
-                pred = await run_in_threadpool(_predict, seg, data, image.filename or "upload",
-                                               limits.max_pixels)  # fmt: skip
-        finally:
-            waiting["count"] -= 1
-        return await run_in_threadpool(_respond, pred, output, polygons, raw_labels, alpha,
-                                       portrait)  # fmt: skip
+    @app.post("/v1/segment", openapi_extra=SEGMENT_FORM)
+    async def segment(request: Request) -> Response:
+        ask = _ask(await _read_form(request), segmenters, default)
+        seg = segmenters[ask.model]
+
+        def work() -> Response:
+            pred = _predict(seg, ask.data, ask.filename, limits.max_pixels)
+            metrics.images.labels(ask.model).inc()
+            return _respond(pred, ask)
+
+        return await within_deadline(slots, work, limits.deadline_s)
 
     return app
 
 
+async def within_deadline(slots: asyncio.Semaphore, work: Callable[[], Response],
+                          deadline_s: float) -> Response:  # fmt: skip
+    """``work()`` in a worker thread once a slot is free; 504 past ``deadline_s`` (waiting
+    included). A thread cannot be stopped: one past its deadline keeps its slot until it
+    ends, so no more than ``concurrency`` images are ever in work."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout=deadline_s)
+    except asyncio.TimeoutError:
+        raise HTTPException(504, f"no slot came free within {deadline_s:g} s; try again "
+                                 "later") from None  # fmt: skip
+    task = asyncio.ensure_future(run_in_threadpool(work))
+    task.add_done_callback(lambda _: slots.release())
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, end - loop.time()))
+    except asyncio.TimeoutError:
+        raise HTTPException(504, f"the image was not segmented within {deadline_s:g} s; "
+                                 "send a smaller one or try again later") from None  # fmt: skip
+
+
+async def _read_form(request: Request):
+    try:
+        reader = FormReader(request.headers.get("content-type"))
+        async for chunk in request.stream():  # Guard has capped the bytes
+            reader.feed(chunk)
+        return reader.finish()
+    except FormError as e:
+        raise HTTPException(e.status, str(e)) from None
+
+
+def _ask(form, segmenters: dict[str, Segmenter], default: str) -> Ask:
+    """The request's fields, checked: 404 for an unknown model, 422 for a bad value."""
+    fields = form.fields
+    name = fields.get("model") or default
+    if name not in segmenters:
+        raise HTTPException(404, f"no model {name!r}; loaded: {', '.join(segmenters)}")
+    output = fields.get("output") or "json"
+    if output not in OUTPUTS:
+        raise HTTPException(422, f"output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+    try:
+        alpha = float(fields.get("alpha") or 0.5)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise HTTPException(422, f"alpha {fields.get('alpha')!r} must be a number in [0, 1]")
+    portrait = fields.get("portrait") or ""
+    seg = segmenters[name]
+    if output == "portrait" and portrait not in seg.class_names:
+        raise HTTPException(422, f"portrait needs a class of {name}: "
+                                 f"{', '.join(seg.class_names)}")  # fmt: skip
+    if "image" not in form.files:
+        raise HTTPException(422, "no image: send the photo in the form field 'image' "
+                                 "(curl -F image=@photo.jpg)")  # fmt: skip
+    filename, data = form.files["image"]
+    if not data:
+        raise HTTPException(400, f"{filename}: the file is empty")
+    return Ask(name, output, _flag(fields, "polygons"), _flag(fields, "raw_labels"), alpha,
+               portrait, filename, data)  # fmt: skip
+
+
+def _flag(fields: dict[str, str], key: str) -> bool:
+    value = (fields.get(key) or "false").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise HTTPException(422, f"{key}={value!r}: give true or false")
+    return value in ("true", "1", "yes", "on")
+
+
 def _predict(seg: Segmenter, data: bytes, filename: str, max_pixels: int) -> Prediction:
     try:
-        with Image.open(io.BytesIO(data)) as pil:  # reads the header only
+        with Image.open(io.BytesIO(data), formats=FORMATS) as pil:  # reads the header only
             if pil.width * pil.height > max_pixels:
                 raise HTTPException(400, f"{filename}: {pil.width}x{pil.height} pixels, over the "
                                          f"{max_pixels / 1e6:g} megapixel limit")  # fmt: skip
             pil.load()
             rgb = read_image(pil)
     except (OSError, SyntaxError, ValueError, DataError, Image.DecompressionBombError) as e:
-        raise HTTPException(400, f"{filename}: not a readable image ({e})") from None
+        raise HTTPException(400, f"{filename}: not a readable image ({e}); send "
+                                 f"{', '.join(FORMATS)}") from None  # fmt: skip
     return seg.predict(rgb)
 
 
-def _respond(pred: Prediction, output: str, polygons: bool, raw: bool, alpha: float,
-             portrait: str) -> Response:  # fmt: skip
+def _respond(pred: Prediction, ask: Ask) -> Response:
     labels = pred.labels
-    if output == "json":
+    if ask.output == "json":
         h, w = labels.shape
         body: dict[str, Any] = {
             "width": w, "height": h,
             "classes": [{"name": n, "share": s} for n, s in pred.shares().items()],
         }  # fmt: skip
-        if polygons:
+        if ask.polygons:
             body["shapes"] = mask_to_labelme(labels, pred.class_names, image_path="")["shapes"]
-        if raw:
+        if ask.raw_labels:
             body["labels"] = base64.b64encode(labels.astype(np.uint8).tobytes()).decode()
         return JSONResponse(body)
     buffer = io.BytesIO()
-    if output == "labels":
-        viz.index_image(labels, pred.palette).save(buffer, format="PNG")
+    if ask.output == "labels":
+        viz.index_image(labels, pred.palette).save(buffer, format="PNG", compress_level=1)
         media = "image/png"
-    elif output == "color":
-        Image.fromarray(viz.colorize(labels, pred.palette)).save(buffer, format="PNG")
+    elif ask.output == "color":
+        Image.fromarray(viz.colorize(labels, pred.palette)).save(buffer, format="PNG",
+                                                                 compress_level=1)  # fmt: skip
         media = "image/png"
     else:
-        if output == "overlay":
-            shown = viz.overlay(pred.image, labels, pred.palette, alpha=alpha)
+        if ask.output == "overlay":
+            shown = viz.overlay(pred.image, labels, pred.palette, alpha=ask.alpha)
         else:
-            shown = viz.portrait(pred.image, pred.mask(portrait))
+            shown = viz.portrait(pred.image, pred.mask(ask.portrait))
         Image.fromarray(shown).save(buffer, format="JPEG", quality=90)
         media = "image/jpeg"
     return Response(buffer.getvalue(), media_type=media)

@@ -6,8 +6,38 @@
 const state = { models: [], cards: [] };
 const $ = (id) => document.getElementById(id);
 
+// A server started with --token answers the API only with "Authorization: Bearer TOKEN".
+// The page asks for it once and keeps it for this tab (sessionStorage), never in a URL.
+async function api(path, options = {}) {
+  for (;;) {
+    const token = sessionStorage.getItem("deeplab-token");
+    const headers = { ...(options.headers || {}) };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const response = await fetch(path, { ...options, headers });
+    if (response.status !== 401) return response;
+    sessionStorage.removeItem("deeplab-token");
+    await askToken(token ? "That token was refused; try again." : "");
+  }
+}
+
+function askToken(note) {
+  const form = $("token-form");
+  form.hidden = false;
+  $("message").textContent = note;
+  $("token").focus();
+  return new Promise((resolve) => {
+    form.onsubmit = (event) => {
+      event.preventDefault();
+      sessionStorage.setItem("deeplab-token", $("token").value.trim());
+      form.hidden = true;
+      $("message").textContent = "";
+      resolve();
+    };
+  });
+}
+
 async function loadModels() {
-  const response = await fetch("/v1/models");
+  const response = await api("/v1/models");
   state.models = await response.json();
   const select = $("model");
   for (const m of state.models) {
@@ -46,7 +76,7 @@ async function segment(file) {
   form.append("image", file);
   form.append("model", model.name);
   form.append("raw_labels", "true");
-  const response = await fetch("/v1/segment", { method: "POST", body: form });
+  const response = await api("/v1/segment", { method: "POST", body: form });
   if (!response.ok) {
     const detail = (await response.json().catch(() => ({}))).detail || response.statusText;
     card.querySelector("ul").innerHTML = `<li class="error">${escapeHtml(String(detail))}</li>`;
@@ -153,7 +183,7 @@ async function download(entry) {
   form.append("image", entry.file);
   form.append("model", entry.model.name);
   form.append("output", "labels");
-  const response = await fetch("/v1/segment", { method: "POST", body: form });
+  const response = await api("/v1/segment", { method: "POST", body: form });
   const blob = await response.blob();
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
