@@ -19,7 +19,7 @@ import torch
 import deeplab
 from deeplab import system
 from deeplab.extras import DISTRIBUTION, EXTRAS, install_command, missing
-from deeplab.inference import auto_runtime
+from deeplab.runtimes import auto_runtime
 from deeplab.weights import cache_dir, weights_dirs
 
 # The distributions behind each extra's import names, for their versions.

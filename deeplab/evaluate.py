@@ -36,8 +36,10 @@ from deeplab.crf import dense_crf
 from deeplab.data.datasets import SegmentationDataset, build_dataset
 from deeplab.data.labels import IGNORE_INDEX
 from deeplab.data.transforms import eval_transform, pad_collate
-from deeplab.inference import Segmenter, channel_argmax, use_runtime
+from deeplab.inference import Segmenter
 from deeplab.metrics import ConfusionMatrix, TrimapIoU
+from deeplab.predict import use_runtime
+from deeplab.upsample import channel_argmax
 
 
 def as_segmenter(model_or_segmenter: Segmenter | nn.Module, **options) -> Segmenter:
@@ -193,7 +195,7 @@ def evaluate_dataset(
     from ``weights`` (a checkpoint describes itself; a bare state_dict is the config's
     network), ``pretrained``, the config's pretrained entry or its ``out_dir/best.pt``.
     ``shard=(rank, world_size)`` under ``torchrun``: each process scores its share and the
-    confusion matrices are summed. ``runtime``: see ``inference.use_runtime``."""
+    confusion matrices are summed. ``runtime``: see ``predict.use_runtime``."""
     name = dataset or (config.data.dataset if config else None)
     root = data_root or (config.data.root if config else None)
     split = split or (config.data.val_split if config else None) or "val"

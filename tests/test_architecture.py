@@ -13,12 +13,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deeplab"
 LAYERS = {
     "cli": 4, "__main__": 4, "__init__": 4,
     "train": 3, "evaluate": 3, "inference": 3, "export": 3, "video": 3, "serve": 3, "env": 3,
+    "predict": 3, "runtimes": 3,
     "tune": 3,
     "hub": 2, "checkpoint": 2,
     "models": 1, "weights": 1, "data": 1, "losses": 1, "metrics": 1, "crf": 1, "viz": 1,
-    "config": 1, "table": 1, "extras": 1, "system": 1,
+    "config": 1, "table": 1, "extras": 1, "system": 1, "upsample": 1,
 }  # fmt: skip
-# Only the CLI may import the library inside functions: it keeps `deeplab --help` fast.
+# Only the CLI (deeplab.cli and its modules) may import the library inside functions: it
+# keeps `deeplab --help` fast.
 LAZY_ALLOWED = {"deeplab.cli"}
 
 
@@ -107,7 +109,8 @@ def test_models_and_weights_never_import_each_other():
 
 def test_no_hidden_function_level_imports():
     _, lazy = _graph()
-    hidden = sorted(f"{m} -> {t}" for m, t in lazy if m not in LAZY_ALLOWED)
+    hidden = sorted(f"{m} -> {t}" for m, t in lazy
+                    if m not in LAZY_ALLOWED and m.rpartition(".")[0] not in LAZY_ALLOWED)
     assert not hidden, "imports inside functions hide edges: " + ", ".join(hidden)
 
 

@@ -11,8 +11,9 @@ from PIL import Image
 
 from deeplab.cli import main as cli_main
 from deeplab.data.check import check_pairs, known_palettes, rgb_to_index
-from deeplab.data.datasets import CAMVID_INFO, camvid_pairs, dataset_info, folder_pairs
+from deeplab.data.datasets import CAMVID_INFO, dataset_info
 from deeplab.data.labels import CAMVID_CLASSES, CAMVID_PALETTE, voc_palette
+from deeplab.data.layouts import camvid_pairs, folder_pairs
 
 
 @pytest.mark.slow

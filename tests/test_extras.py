@@ -69,10 +69,11 @@ def test_require_says_what_needs_what(monkeypatch):
 
 def test_without_numba_the_torch_crf_runs_and_says_so_once(monkeypatch, caplog):
     """The compiled CRF is the one optional part with a fallback: a note, not an error."""
-    import deeplab.crf as crf
+    import deeplab.crf.compiled as compiled
+    from deeplab import crf
 
     monkeypatch.setitem(sys.modules, "numba", None)
-    monkeypatch.setattr(crf, "_NUMBA", None)
+    monkeypatch.setattr(compiled, "_NUMBA", None)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
     probs = rng.dirichlet(np.ones(3), (24, 32)).transpose(2, 0, 1).astype(np.float32)

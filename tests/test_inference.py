@@ -352,7 +352,7 @@ def test_save_prediction_writes_every_file(tmp_path):
     seg = _segmenter(Pointwise(3), class_names=("background", "cat", "person"))
     image = _smooth_image(30, 40)
     pred = seg.predict(image, probabilities=True)
-    from deeplab.inference import save_prediction
+    from deeplab.predict import save_prediction
 
     files = save_prediction(pred, tmp_path, "pic", probabilities=True, portrait="person")
     assert [f.name for f in files] == [
@@ -442,7 +442,8 @@ def test_crf_option_refines_the_model_probabilities():
 
 
 def test_cli_crf_options_reach_the_segmenter_and_are_checked(capsys):
-    from deeplab.cli import build_parser, segmenter_options
+    from deeplab.cli import build_parser
+    from deeplab.cli.common import segmenter_options
 
     args = build_parser().parse_args(
         ["predict", "x.jpg", "--crf-option", "bilateral_srgb=5", "--crf-option", "iterations=10"]

@@ -28,10 +28,8 @@ from tqdm import tqdm
 from deeplab import viz
 from deeplab.data.datasets import (
     DatasetInfo,
-    Pair,
     build_dataset,
     dataset_info,
-    folder_pairs,
     read_class_names,
     read_raw_mask,
 )
@@ -42,6 +40,7 @@ from deeplab.data.labels import (
     IGNORE_INDEX,
     voc_palette,
 )
+from deeplab.data.layouts import Pair, folder_pairs
 from deeplab.table import text_table
 
 RGB = tuple[int, int, int]

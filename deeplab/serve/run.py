@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplab.extras import require
-from deeplab.inference import Segmenter, segmenter_for
+from deeplab.inference import Segmenter
+from deeplab.predict import segmenter_for
+from deeplab.serve.app import create_app
 from deeplab.serve.guard import Access, Limits, is_loopback
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ def serve(*, models: list[str], weights: list[str], host: str, port: int, access
           limits: Limits, workers: int = 1, threads: int | None = None, device: str | None,
           runtime: str) -> None:  # fmt: skip
     """Run the server until stopped (Ctrl-C, SIGTERM: requests in flight get 10 s)."""
-    require("serve", "deeplab serve")
     import uvicorn
 
     named = model_names(models, weights)
@@ -108,8 +108,6 @@ def serve(*, models: list[str], weights: list[str], host: str, port: int, access
 
 
 def build_app(settings: dict[str, Any]):
-    from deeplab.serve.app import create_app
-
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     named = {k: tuple(v) for k, v in settings["named"].items()}

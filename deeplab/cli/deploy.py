@@ -1,0 +1,117 @@
+"""``deeplab export`` and ``deeplab serve``: models out of Python, and onto a network."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from deeplab.cli.common import assignments, require_runtime, size
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="zoo entry (default: the VOC model), a registered "
+                   "architecture (fresh weights), or with --weights the file's architecture")
+    p.add_argument("--weights", help="training checkpoint, state_dict or .tflite file")
+    p.add_argument("--num-classes", type=int, help="classes of a bare state_dict")
+    p.add_argument("--dataset", help="class names for a bare state_dict (voc, camvid, ...)")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option for a bare state_dict, e.g. width_mult=0.5")
+    p.add_argument("--format", default="onnx", choices=("onnx", "tflite"))
+    p.add_argument("--out", required=True, help="the file to write (model.onnx, model.tflite)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="ONNX: also output the softmax probabilities [N, C, H, W]")
+    p.add_argument("--raw", action="store_true",
+                   help="ONNX: the bare network (normalised float NCHW in, logits out)")
+    p.add_argument("--input-size", type=size, help="TFLite: the fixed input size (default: "
+                   "the model's canvas, or 513)")
+    p.add_argument("--check-images", metavar="DIR",
+                   help="photos for the parity check (default: the photos shipped with deeplab, "
+                   "`deeplab examples`)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from deeplab.export import ExportError, export, model_to_export
+    from deeplab.extras import require
+
+    if args.format == "tflite":
+        require("tflite", "TFLite export")
+    else:
+        require("export", "ONNX export", None if not args.no_check else ("onnx",))
+
+    model, info = model_to_export(
+        model=args.model, weights=args.weights, num_classes=args.num_classes,
+        dataset=args.dataset,
+        model_options=assignments(args.model_option, "--model-option", "width_mult=0.5"),
+    )  # fmt: skip
+    try:
+        path, parity = export(model, info, args.out, format=args.format,
+                              probabilities=args.probabilities, raw=args.raw,
+                              check=not args.no_check, check_folder=args.check_images,
+                              input_size=args.input_size)  # fmt: skip
+    except ExportError as e:  # a failed check keeps the file for inspection: status 1
+        print(f"deeplab export: {e}", file=sys.stderr)
+        return 1 if Path(args.out).exists() else 2
+    print(f"{info.arch} ({info.num_classes} classes) exported to {path}")
+    if parity is not None:
+        print(f"parity with PyTorch: {parity}")
+    return 0
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", default=[],
+                   help="zoo entry to serve (repeatable; default: the VOC model)")
+    p.add_argument("--weights", action="append", default=[], metavar="[NAME=]PATH",
+                   help="checkpoint or exported .onnx file to serve, named NAME or after the "
+                   "file (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1; another "
+                   "needs --token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=os.environ.get("DEEPLAB_SERVE_TOKEN"),
+                   help="bearer token the API requires (default: $DEEPLAB_SERVE_TOKEN)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve beyond loopback without a token (a proxy in front authenticates)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the server answers to besides loopback (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its models and queue (see the README)")
+    p.add_argument("--threads", type=int,
+                   help="threads per worker for the network (default: cores / workers)")
+    p.add_argument("--concurrency", type=int, default=2, help="images segmented at once")
+    p.add_argument("--queue", type=int, default=8, help="uploads waiting; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
+    p.add_argument("--max-megapixels", type=float, default=40.0,
+                   help="decoded image limit (default 40; see the README for the memory)")
+    p.add_argument("--max-side", type=int, default=2049,
+                   help="longest side a network without a fixed canvas sees (default 2049)")
+    p.add_argument("--deadline", type=float, default=60.0,
+                   help="seconds a request may take, queue included; then 504")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:1 (default cpu)")
+    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="what runs the network (auto: onnxruntime on a CPU when installed)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from deeplab.extras import require
+
+    require("serve", "deeplab serve")
+    weights = [w.partition("=")[2] if "=" in w and not Path(w).exists() else w
+               for w in args.weights]  # fmt: skip
+    require_runtime(weights, args.runtime)
+    from deeplab.serve.guard import Limits
+    from deeplab.serve.run import check_access, model_names, serve
+    from deeplab.system import cpu_count
+
+    limits = Limits(concurrency=args.concurrency, queue=args.queue,
+                    max_upload_mb=args.max_upload_mb,
+                    max_pixels=int(args.max_megapixels * 1e6), max_side=args.max_side,
+                    deadline_s=args.deadline)  # fmt: skip
+    access = check_access(args.host, args.token, args.no_auth, args.allowed_host)
+    model_names(args.model, args.weights)  # two models of one name: say so before loading
+    threads = args.threads or max(1, cpu_count() // max(1, args.workers))
+    serve(models=args.model, weights=args.weights, host=args.host, port=args.port,
+          access=access, limits=limits, workers=args.workers, threads=threads,
+          device=args.device, runtime=args.runtime)  # fmt: skip
+    return 0
