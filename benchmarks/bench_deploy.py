@@ -33,7 +33,7 @@ import torch
 from deeplab.data.images import example_photos, find_images, read_image
 from deeplab.export import export_onnx, network_input, onnx_session, tflite_interpreter
 from deeplab.hub import load_pretrained
-from deeplab.inference import predict_files, segmenter_for
+from deeplab.predict import predict_files, segmenter_for
 from deeplab.weights import entry_path, get_entry
 
 CL = torch.channels_last

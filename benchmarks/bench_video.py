@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from deeplab.data.labels import CAMVID_CLASSES
-from deeplab.inference import segmenter_for
 from deeplab.metrics import ConfusionMatrix
+from deeplab.predict import segmenter_for
 from deeplab.video import segment_video
 
 
