@@ -38,6 +38,7 @@ from deeplab.data.labels import IGNORE_INDEX
 from deeplab.data.transforms import eval_transform, pad_collate
 from deeplab.inference import Segmenter
 from deeplab.metrics import ConfusionMatrix, TrimapIoU
+from deeplab.models.layers import OUTPUT_STRIDES
 from deeplab.predict import use_runtime
 from deeplab.upsample import channel_argmax
 
@@ -141,6 +142,8 @@ def evaluate_split(
     """
     if isinstance(dataset, SegmentationDataset):
         stride = None if segmenter.input_size else getattr(segmenter.model, "output_stride", None)
+        if stride not in OUTPUT_STRIDES:  # an exported labels graph (stride 1) pads itself
+            stride = None
         dataset = copy.copy(dataset)
         dataset.transform = eval_transform(
             mean=segmenter.mean.flatten().tolist(), std=segmenter.std.flatten().tolist(),

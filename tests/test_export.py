@@ -187,3 +187,34 @@ class _Branchy(torch.nn.Module):
 
     def forward(self, x):
         return x * 2 if x.sum() > 0 else x
+
+
+def test_eval_runs_both_kinds_of_export_and_agrees_with_pytorch(camvid_checkpoint, tmp_path,
+                                                                 capsys):  # fmt: skip
+    """`deeplab eval --weights model.onnx` on the default export (uint8 in, labels out) and on
+    a --raw one: the mIoU PyTorch gets, on 3 real CamVid-sized photos with drawn masks."""
+    root = tmp_path / "data"
+    for sub in ("images/val", "masks/val"):
+        (root / sub).mkdir(parents=True)
+    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
+        photo = Image.open(PHOTOS / f"{name}.jpg").convert("RGB").resize((240, 180))
+        photo.save(root / "images" / "val" / f"{name}.png")
+        mask = np.zeros((180, 240), np.uint8)
+        mask[60:, :] = 3
+        mask[:, 100 + 20 * i :] = 8
+        Image.fromarray(mask).save(root / "masks" / "val" / f"{name}.png")
+    (root / "class_names.txt").write_text("\n".join(
+        ["sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+         "pedestrian", "bicyclist"]) + "\n")  # fmt: skip
+    labels, raw = tmp_path / "labels.onnx", tmp_path / "raw.onnx"
+    assert main(["export", "--weights", str(camvid_checkpoint), "--out", str(labels)]) == 0
+    assert main(["export", "--weights", str(camvid_checkpoint), "--raw", "--out", str(raw)]) == 0
+    capsys.readouterr()
+    figures = {}
+    for weights in (camvid_checkpoint, labels, raw):
+        assert main(["eval", "--weights", str(weights), "--dataset", "folder", "--data-root",
+                     str(root), "--runtime", "torch", "--quiet"]) == 0  # fmt: skip
+        line = [x for x in capsys.readouterr().out.splitlines() if "mean IoU" in x][-1]
+        figures[weights.name] = float(line.split("mean IoU ")[1].split("%")[0])
+    assert figures["labels.onnx"] == pytest.approx(figures["best.pt"], abs=0.1), figures
+    assert figures["raw.onnx"] == pytest.approx(figures["best.pt"], abs=0.1), figures
