@@ -218,3 +218,82 @@ def test_eval_runs_both_kinds_of_export_and_agrees_with_pytorch(camvid_checkpoin
         figures[weights.name] = float(line.split("mean IoU ")[1].split("%")[0])
     assert figures["labels.onnx"] == pytest.approx(figures["best.pt"], abs=0.1), figures
     assert figures["raw.onnx"] == pytest.approx(figures["best.pt"], abs=0.1), figures
+
+
+@pytest.fixture()
+def labelled(tmp_path):
+    """3 photos at 240x180 with drawn 11-class masks, as a folder dataset (val split)."""
+    root = tmp_path / "labelled"
+    for sub in ("images/val", "masks/val"):
+        (root / sub).mkdir(parents=True)
+    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
+        Image.open(PHOTOS / f"{name}.jpg").convert("RGB").resize((240, 180)).save(
+            root / "images" / "val" / f"{name}.png")
+        mask = np.zeros((180, 240), np.uint8)
+        mask[60:, :] = 3
+        mask[:, 100 + 20 * i :] = 8
+        Image.fromarray(mask).save(root / "masks" / "val" / f"{name}.png")
+    (root / "class_names.txt").write_text("\n".join(f"c{k}" for k in range(11)) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_int8_export_is_judged_by_miou_and_runs_everywhere(camvid_checkpoint, labelled,
+                                                           tmp_path, capsys):  # fmt: skip
+    out = tmp_path / "m_int8.onnx"
+    args = ["export", "--weights", str(camvid_checkpoint), "--int8", "--calibrate", str(PHOTOS),
+            "--out", str(out)]  # fmt: skip
+    assert main([*args, "--eval-data", str(labelled), "--max-drop", "100"]) == 0
+    said = capsys.readouterr().out
+    assert "as int8, calibrated on 3 photos" in said and "mIoU (folder val)" in said
+    assert "within the 100-point limit" in said
+    float_mb, int8_mb = (float(line.split("|")[-2]) for line in said.splitlines()
+                         if line.startswith(("| float", "| int8")))  # fmt: skip
+    assert int8_mb < 0.45 * float_mb
+    meta = read_metadata(out)
+    assert meta["contract"] == "labels" and meta["quantization"]["int8"]["per_channel"]
+    assert meta["class_names"] == list(read_metadata_classes(camvid_checkpoint))
+    # The int8 file is a model like any other for predict and eval.
+    assert main(["predict", str(PHOTOS / "coffee.jpg"), "--weights", str(out), "--out",
+                 str(tmp_path / "p"), "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "p" / "coffee.png").is_file()
+    assert main(["eval", "--weights", str(out), "--dataset", "folder", "--data-root",
+                 str(labelled), "--quiet"]) == 0  # fmt: skip
+    assert "mean IoU" in capsys.readouterr().out
+    # Without labels: written, and said to be unchecked.
+    assert main(args) == 0
+    assert "accuracy unchecked" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_int8_over_the_limit_exits_1_and_keeps_the_file(camvid_checkpoint, labelled, tmp_path,
+                                                        capsys, monkeypatch):  # fmt: skip
+    import deeplab.evaluate as evaluate
+
+    real = evaluate.evaluate_dataset
+
+    def scored(**kwargs):  # the int8 file scores 3 points under the float one
+        run = real(**kwargs)
+        if "int8" in kwargs["weights"].rsplit("/", 1)[-1]:
+            run.results["miou"] = 0.30
+        else:
+            run.results["miou"] = 0.33
+        return run
+
+    monkeypatch.setattr(evaluate, "evaluate_dataset", scored)
+    out = tmp_path / "m_int8.onnx"
+    assert main(["export", "--weights", str(camvid_checkpoint), "--int8", "--calibrate",
+                 str(PHOTOS), "--out", str(out), "--eval-data", str(labelled),
+                 "--eval-dataset", "folder"]) == 1  # fmt: skip
+    said = capsys.readouterr().out
+    assert "int8 costs 3.00 mIoU points" in said and "OVER the 1-point limit" in said
+    assert out.is_file()
+    assert main(["export", "--weights", str(camvid_checkpoint), "--int8", "--out",
+                 str(out)]) == 2  # fmt: skip
+    assert "--calibrate DIR" in capsys.readouterr().err
+
+
+def read_metadata_classes(checkpoint):
+    from deeplab.checkpoint import info_of, read
+
+    return info_of(read(checkpoint)).class_names

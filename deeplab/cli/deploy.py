@@ -30,6 +30,23 @@ def _add_export(p: argparse.ArgumentParser) -> None:
                    help="photos for the parity check (default: the photos shipped with deeplab, "
                    "`deeplab examples`)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    q = p.add_argument_group("8-bit (ONNX): judged by the mIoU it costs on labelled data")
+    q.add_argument("--int8", action="store_true",
+                   help="quantize to int8 (static, per-channel), calibrated on --calibrate")
+    q.add_argument("--calibrate", metavar="DIR", help="photos from your domain to calibrate on")
+    q.add_argument("--calibrate-count", type=int, default=100,
+                   help="calibration photos, spread over DIR (default 100)")
+    q.add_argument("--eval-data", metavar="ROOT", help="a labelled dataset on which float and "
+                   "int8 mIoU are compared (with --eval-dataset, --split)")
+    q.add_argument("--eval-dataset", default="folder", metavar="NAME",
+                   help="its layout: folder (default), camvid, voc, cityscapes, ade20k")
+    q.add_argument("--split", default="val", help="the labelled split (default val)")
+    q.add_argument("-c", "--config", help="or: a recipe whose data (data.root=...) and "
+                   "validation split score the files")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    q.add_argument("--max-drop", type=float, default=1.0,
+                   help="mIoU points int8 may lose (default 1.0, Google's own cost); more: "
+                   "exit 1, the file kept")
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -39,13 +56,20 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.format == "tflite":
         require("tflite", "TFLite export")
     else:
-        require("export", "ONNX export", None if not args.no_check else ("onnx",))
+        # onnxruntime runs the check and the int8 calibration; onnx alone writes a file
+        require("export", "ONNX export", ("onnx",) if args.no_check and not args.int8 else None)
+    if args.int8 and not args.calibrate:
+        raise ValueError("--int8 calibrates on photos from your domain: add --calibrate DIR")
+    if args.overrides and not args.config:
+        raise ValueError(f"overrides {args.overrides} need a recipe: -c NAME data.root=...")
 
     model, info = model_to_export(
         model=args.model, weights=args.weights, num_classes=args.num_classes,
         dataset=args.dataset,
         model_options=assignments(args.model_option, "--model-option", "width_mult=0.5"),
     )  # fmt: skip
+    if args.int8:
+        return _export_int8(args, model, info)
     try:
         path, parity = export(model, info, args.out, format=args.format,
                               probabilities=args.probabilities, raw=args.raw,
@@ -58,6 +82,54 @@ def _run_export(args: argparse.Namespace) -> int:
     if parity is not None:
         print(f"parity with PyTorch: {parity}")
     return 0
+
+
+def _export_int8(args: argparse.Namespace, model, info) -> int:
+    import torch
+
+    from deeplab.config import load_config
+    from deeplab.data.images import find_images, read_image
+    from deeplab.evaluate import evaluate_dataset
+    from deeplab.quantize import export_int8
+
+    if args.format != "onnx" or args.raw or args.probabilities:
+        raise ValueError("--int8 writes the ONNX labels contract: drop --format tflite, --raw "
+                         "and --probabilities")  # fmt: skip
+    found = find_images([args.calibrate])
+    if not found:
+        raise ValueError(f"--calibrate {args.calibrate}: no photos there")
+    chosen = found[:: max(1, len(found) // args.calibrate_count)][: args.calibrate_count]
+    calibration = [read_image(p) for p in chosen]
+    scorer, scored_on, timing = None, "", calibration[:8]
+    cfg = load_config(args.config, args.overrides) if args.config else None
+    dataset = args.eval_dataset if args.eval_data else (cfg.data.dataset if cfg else None)
+    root = args.eval_data or (cfg.data.root if cfg else None)
+    split = args.split if args.eval_data else (cfg.data.val_split if cfg else None)
+    if root and dataset and split:
+        def scorer(path):
+            return evaluate_dataset(dataset=dataset, data_root=root, split=split, config=cfg,
+                                    weights=str(path), runtime="torch",
+                                    progress=False).results["miou"]  # fmt: skip
+
+        scored_on = f"{dataset} {split}"
+    report = export_int8(model, info, args.out, calibration=calibration, timing=timing,
+                         evaluate=scorer, scored_on=scored_on, max_drop=args.max_drop,
+                         threads=torch.get_num_threads())  # fmt: skip
+    print(f"{info.arch} ({info.num_classes} classes) exported to {report.path} as int8, "
+          f"calibrated on {report.photos} photos of {args.calibrate}")
+    print(report.table())
+    speed = f"{report.float_ms / report.int8_ms:.2f}x the speed of float onnxruntime"
+    if report.drop is None:
+        print(f"{speed}; accuracy unchecked: labels agree with the float model on "
+              f"{100 * report.agreement:.2f}% of pixels, which says little about an 8-bit "
+              "model; pass --eval-data DIR --eval-dataset NAME (or -c RECIPE data.root=...) to "
+              "measure the mIoU it costs")  # fmt: skip
+        return 0
+    verdict = "within" if report.ok else "OVER"
+    print(f"{speed}; int8 costs {report.drop:.2f} mIoU points on {scored_on}, {verdict} the "
+          f"{args.max_drop:g}-point limit" + ("" if report.ok else f"; the file is kept for "
+                                             f"inspection: {report.path}"))  # fmt: skip
+    return 0 if report.ok else 1
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
