@@ -167,12 +167,20 @@ def model_from_checkpoint(path: str | Path, **options: Any) -> tuple[nn.Module, 
     return model_from_state(read(path), origin=str(path), **options)
 
 
+# Builder defaults that changed. Files written before deeplab 0.2.0 recorded only the
+# options given explicitly, so an option a file lacks had the default of its day.
+CHANGED_DEFAULTS: dict[str, dict[str, Any]] = {
+    "deeplabv3plus_resnet101": {"separable": False},  # separable since 0.2.0, as the TF release
+}
+
+
 def model_from_state(
     state: dict[str, Any], *, origin: str, **options: Any
 ) -> tuple[nn.Module, ModelInfo]:
     """``model_from_checkpoint`` for a checkpoint already loaded (``origin`` names it)."""
     info = info_of(state)
-    model = build_model(info.arch, **{**info.options, **options})
+    built = {**CHANGED_DEFAULTS.get(info.arch, {}), **info.options, **options}
+    model = build_model(info.arch, **built)
     own, weights = model.state_dict(), state["model"]
     wrong = [k for k in weights if k in own and own[k].shape != weights[k].shape]
     missing = [k for k in own if k not in weights and not k.endswith("num_batches_tracked")]

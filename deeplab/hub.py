@@ -190,7 +190,8 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], *, origin: s
         raise ValueError(
             f"weights in {origin} do not fit {type(model).__name__}: "
             f"shape mismatches {details[:6]}, unexpected {unexpected[:6]}, missing {missing[:6]}; "
-            "check the model name and its options (width_mult; output_stride does not matter)"
+            "check the model name and its options (width_mult, separable; output_stride does "
+            "not matter)"
         )
     model.load_state_dict(to_load, strict=False)
     if dropped:

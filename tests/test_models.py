@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from deeplab.hub import create_model
-from deeplab.models import list_models
+from deeplab.models import build_model, list_models
 from deeplab.models.backbones import VGG16, MobileNetV2, ResNet, Xception
 from deeplab.models.layers import SingleValueBatchNorm2d, atrous_schedule, scale_rates
 
@@ -302,3 +302,24 @@ def test_single_value_batchnorm_uses_running_stats_at_batch_one():
     out2 = bn(torch.randn(2, 4, 1, 1))
     torch.testing.assert_close(out2.mean(0).flatten(), torch.zeros(4), atol=1e-5, rtol=0)
     assert not torch.allclose(bn.running_mean, torch.tensor([0.5, -1.0, 2.0, 0.0]))
+
+
+@pytest.mark.slow
+def test_v3plus_resnet101_is_separable_and_old_checkpoints_load_as_built(tmp_path):
+    """The TF release builds v3+ with separable ASPP and decoder; a checkpoint written before
+    that default (its options without 'separable') still builds with regular convs."""
+    from deeplab.checkpoint import ModelInfo, best_state, model_from_checkpoint, save
+
+    new = build_model("deeplabv3plus_resnet101", num_classes=3)
+    assert new.build_spec["options"]["separable"] is True  # every option is recorded
+    regular = build_model("deeplabv3plus_resnet101", num_classes=3, separable=False)
+    assert sum(p.numel() for p in new.parameters()) < sum(p.numel() for p in regular.parameters())
+    old_info = ModelInfo(arch="deeplabv3plus_resnet101",
+                         options={"num_classes": 3, "output_stride": 16},  # as 0.1.0 wrote it
+                         class_names=("a", "b", "c"), mean=(0.0,) * 3, std=(1.0,) * 3)  # fmt: skip
+    path = save(tmp_path / "old.pt", best_state(model=regular, step=1, config={}, info=old_info,
+                                                metrics={}))  # fmt: skip
+    loaded, _ = model_from_checkpoint(path)
+    assert loaded.build_spec["options"]["separable"] is False
+    for key, value in regular.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -8,6 +8,7 @@ appear only at the edges (CLI, configs, zoo entries).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch.nn as nn
@@ -43,9 +44,16 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 def build_model(name: str, **options) -> nn.Module:
     """A freshly initialised registered model; ``deeplab.hub.create_model`` adds weights.
 
-    The model remembers how it was built (``model.build_spec``: name and options), so a
-    checkpoint can say how to build it again.
+    The model remembers how it was built (``model.build_spec``: name and every option,
+    defaults included), so a checkpoint can build it again even after a default changes.
     """
-    model = get_builder(name)(**options)
-    model.build_spec = {"arch": name, "options": dict(options)}
+    builder = get_builder(name)
+    try:
+        bound = inspect.signature(builder).bind(**options)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}; its options are "
+                        f"{', '.join(inspect.signature(builder).parameters)}") from None
+    bound.apply_defaults()
+    model = builder(**options)
+    model.build_spec = {"arch": name, "options": dict(bound.arguments)}
     return model
