@@ -27,6 +27,7 @@ _DISTRIBUTIONS = {
     "onnx": "onnx", "onnxruntime": "onnxruntime", "litert_torch": "litert-torch",
     "ai_edge_litert": "ai-edge-litert", "av": "av", "fastapi": "fastapi", "uvicorn": "uvicorn",
     "python_multipart": "python-multipart", "prometheus_client": "prometheus-client",
+    "websockets": "websockets",
     "numba": "numba",
     "matplotlib": "matplotlib", "skimage": "scikit-image", "tensorboard": "tensorboard",
 }  # fmt: skip

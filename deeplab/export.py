@@ -59,8 +59,12 @@ class LabelGraph(nn.Module):
     W dynamic (under tracing ``x.shape[i]`` is a traced value, in eager mode an int).
     """
 
-    def __init__(self, net: nn.Module, info: ModelInfo, *, probabilities: bool) -> None:
+    def __init__(self, net: nn.Module, info: ModelInfo, *, probabilities: bool,
+                 uint8_labels: bool = False) -> None:  # fmt: skip
         super().__init__()
+        # uint8 labels for browsers: onnxruntime-web's WebGPU backend handles int64 poorly,
+        # and JavaScript reads a Uint8Array directly (up to 256 classes).
+        self.uint8_labels = uint8_labels
         self.net = net
         self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -95,6 +99,8 @@ class LabelGraph(nn.Module):
 
     def _outputs(self, logits: torch.Tensor):
         labels = logits.argmax(1)
+        if self.uint8_labels:
+            labels = labels.to(torch.uint8)
         return (labels, logits.softmax(1)) if self.probabilities else labels
 
 
@@ -129,9 +135,11 @@ def export_onnx(
     *,
     probabilities: bool = False,
     raw: bool = False,
+    uint8_labels: bool = False,
     opset: int = OPSET,
 ) -> Path:
-    """Write ``model`` as an ONNX file following the contract above; returns its path."""
+    """Write ``model`` as an ONNX file following the contract above; returns its path.
+    ``uint8_labels``: the labels output as uint8 (the web variant, up to 256 classes)."""
     onnx = _require("onnx", "export")
     out = Path(out)
     if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
@@ -143,7 +151,10 @@ def export_onnx(
         names, outputs = ["input"], ["logits"]
         axes = {"input": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}}
     else:
-        graph = LabelGraph(model, info, probabilities=probabilities).eval()
+        if uint8_labels and info.num_classes > 256:
+            raise ExportError(f"{info.num_classes} classes do not fit uint8 labels")
+        graph = LabelGraph(model, info, probabilities=probabilities,
+                           uint8_labels=uint8_labels).eval()  # fmt: skip
         example = torch.zeros(1, 97, 129, 3, dtype=torch.uint8)
         names, outputs = ["image"], ["labels"] + (["probabilities"] if probabilities else [])
         axes = {"image": {0: "n", 1: "h", 2: "w"}, "labels": {0: "n", 1: "h", 2: "w"}}
@@ -220,10 +231,11 @@ class Parity:
         return self.label_agreement >= self.threshold
 
     def __str__(self) -> str:
+        logits = "" if self.max_logit_diff != self.max_logit_diff else \
+            f", largest logit difference {self.max_logit_diff:.2e}"  # fmt: skip
         return (f"{'passed' if self.ok else 'FAILED'}: labels agree on "
                 f"{100 * self.label_agreement:.3f}% of pixels of {self.images} photos "
-                f"(threshold {100 * self.threshold:.1f}%), largest logit difference "
-                f"{self.max_logit_diff:.2e}")  # fmt: skip
+                f"(threshold {100 * self.threshold:.1f}%){logits}")  # fmt: skip
 
 
 def check_images(folder: str | Path | None = None) -> list[np.ndarray]:

@@ -28,8 +28,8 @@ EXTRAS: dict[str, Extra] = {
     "export": Extra(("onnx", "onnxruntime"), "onnx and onnxruntime"),
     "tflite": Extra(("litert_torch", "ai_edge_litert"), "Google's litert-torch and ai-edge-litert"),
     "video": Extra(("av",), "PyAV (FFmpeg for Python)"),
-    "serve": Extra(("fastapi", "uvicorn", "python_multipart", "prometheus_client"),
-                   "FastAPI, uvicorn, python-multipart and prometheus-client"),  # fmt: skip
+    "serve": Extra(("fastapi", "uvicorn", "python_multipart", "prometheus_client", "websockets"),
+                   "FastAPI, uvicorn, python-multipart, prometheus-client, websockets"),
     "crf": Extra(("numba",), "numba"),
     "plots": Extra(("matplotlib",), "matplotlib"),
     "labelme": Extra(("skimage",), "scikit-image"),

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -110,16 +111,24 @@ def auto_runtime(device: str | torch.device | None, precision: str) -> tuple[str
     return "onnxruntime", "a CPU at fp32 with onnxruntime installed (exported once, cached)"
 
 
-def onnx_network(network: nn.Module, info: ModelInfo, *, threads: int) -> hub.OnnxNetwork:
-    """``network`` exported (raw: normalised input, logits out) into the cache once, keyed by
-    its weights and ``info``, and loaded for onnxruntime."""
-    digest = hashlib.sha256(repr((info, type(network).__name__)).encode())
+def cached_export(network: nn.Module, info: ModelInfo, kind: str, **options) -> Path:
+    """``export_onnx(network, info, **options)`` into the cache once (``onnx/<kind>-<digest>``,
+    keyed by the weights and ``info``); written beside, then renamed, so an interrupted
+    export leaves nothing half-written."""
+    digest = hashlib.sha256(repr((info, type(network).__name__, sorted(options.items())))
+                            .encode())  # fmt: skip
     for key, value in network.state_dict().items():
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    path = cache_dir() / "onnx" / f"{digest.hexdigest()[:24]}.onnx"
-    if not path.is_file():  # written beside, then renamed: an interrupted export leaves none
+    path = cache_dir() / "onnx" / f"{kind}-{digest.hexdigest()[:24]}.onnx"
+    if not path.is_file():
         partial = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-        export_onnx(network, info, partial, raw=True)
+        export_onnx(network, info, partial, **options)
         os.replace(partial, path)
-    return hub.OnnxNetwork(path, threads=threads)
+    return path
+
+
+def onnx_network(network: nn.Module, info: ModelInfo, *, threads: int) -> hub.OnnxNetwork:
+    """``network`` exported (raw: normalised input, logits out) into the cache once and
+    loaded for onnxruntime."""
+    return hub.OnnxNetwork(cached_export(network, info, "raw", raw=True), threads=threads)

@@ -18,8 +18,11 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="class names for a bare state_dict (voc, camvid, ...)")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="builder option for a bare state_dict, e.g. width_mult=0.5")
-    p.add_argument("--format", default="onnx", choices=("onnx", "tflite"))
-    p.add_argument("--out", required=True, help="the file to write (model.onnx, model.tflite)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "tflite", "web"),
+                   help="onnx, tflite, or web: a folder with a page that runs the model in "
+                   "the browser (photos and camera), for any static host")
+    p.add_argument("--out", required=True, help="the file to write (model.onnx, model.tflite), "
+                   "or the folder (web)")
     p.add_argument("--probabilities", action="store_true",
                    help="ONNX: also output the softmax probabilities [N, C, H, W]")
     p.add_argument("--raw", action="store_true",
@@ -70,6 +73,8 @@ def _run_export(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.int8:
         return _export_int8(args, model, info)
+    if args.format == "web":
+        return _export_web(args, model, info)
     try:
         path, parity = export(model, info, args.out, format=args.format,
                               probabilities=args.probabilities, raw=args.raw,
@@ -81,6 +86,23 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"{info.arch} ({info.num_classes} classes) exported to {path}")
     if parity is not None:
         print(f"parity with PyTorch: {parity}")
+    return 0
+
+
+def _export_web(args: argparse.Namespace, model, info) -> int:
+    from deeplab.export import ExportError
+    from deeplab.web import export_web
+
+    try:
+        folder, parity, how = export_web(model, info, args.out, check=not args.no_check,
+                                         check_folder=args.check_images)  # fmt: skip
+    except ExportError as e:
+        print(f"deeplab export: {e}", file=sys.stderr)
+        return 1 if Path(args.out, "model.onnx").exists() else 2
+    print(f"{info.arch} ({info.num_classes} classes) exported as a web page to {folder}/; "
+          f"serve it with: python -m http.server --directory {folder}")
+    print(f"parity of the page with PyTorch: {parity} ({how})" if parity else f"the page was "
+          f"{how}")  # fmt: skip
     return 0
 
 

@@ -8,6 +8,10 @@
   ``raw_labels=true`` the labels as base64 bytes) | ``labels`` (index PNG) | ``color``
   (PNG) | ``overlay`` (JPEG, ``alpha``) | ``portrait`` (JPEG, the class ``portrait`` sharp);
 - ``GET /v1/models``: the loaded models with their classes and colours;
+  ``GET /v1/models/{name}/model.onnx``: the model the live view runs in the browser (the
+  ONNX contract with uint8 labels, exported once into the cache);
+- ``WS /v1/live?model=NAME``: the live view's server path, where the browser cannot run
+  the model: a JPEG frame in, ``width, height`` (uint32 LE) and the uint8 labels out;
 - ``GET /healthz`` (alive), ``GET /readyz`` (models loaded and the queue not full),
   ``GET /metrics`` (Prometheus), the OpenAPI schema at ``/openapi.json``.
 
@@ -37,14 +41,21 @@ from deeplab.extras import require
 from deeplab.inference import Prediction, Segmenter
 
 require("serve", "deeplab serve")
-from fastapi import FastAPI, HTTPException, Request  # noqa: E402
+from fastapi import (  # noqa: E402
+    FastAPI,
+    HTTPException,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.concurrency import run_in_threadpool  # noqa: E402
-from fastapi.responses import HTMLResponse, JSONResponse, Response  # noqa: E402
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response  # noqa: E402
 from fastapi.staticfiles import StaticFiles  # noqa: E402
 
 from deeplab.serve.forms import FormError, FormReader  # noqa: E402
 from deeplab.serve.guard import Access, Guard, Limits, Traffic  # noqa: E402
 from deeplab.serve.observe import Metrics  # noqa: E402
+from deeplab.web import web_model_for  # noqa: E402
 
 OUTPUTS = ("json", "labels", "color", "overlay", "portrait")
 # Photo formats only: Pillow opens many more (EPS through Ghostscript, PSD, SGI, TGA, ...),
@@ -88,8 +99,11 @@ def create_app(
     limits: Limits | None = None,
     access: Access | None = None,
     load_seconds: dict[str, float] | None = None,
+    sources: dict[str, tuple[str | None, str | None]] | None = None,
 ) -> FastAPI:
-    """The app serving ``segmenters`` (name -> Segmenter; the first is the default)."""
+    """The app serving ``segmenters`` (name -> Segmenter; the first is the default);
+    ``sources`` (name -> (zoo entry, weight file)) lets the live view fetch each model for
+    the browser."""
     if not segmenters:
         raise ValueError("deeplab serve needs at least one model")
     limits, access = limits or Limits(), access or Access()
@@ -135,6 +149,55 @@ def create_app(
             for name, seg in segmenters.items()
         ]  # fmt: skip
 
+    exporting = asyncio.Lock()
+
+    @app.get("/v1/models/{name}/model.onnx", include_in_schema=False)
+    async def browser_model(name: str) -> FileResponse:
+        if name not in segmenters:
+            raise HTTPException(404, f"no model {name!r}; loaded: {', '.join(segmenters)}")
+        if name not in (sources or {}):
+            raise HTTPException(404, f"{name} has no browser model; live runs on the server")
+        async with exporting:  # exported once (the cache), not by every first viewer
+            path = await run_in_threadpool(web_model_for, *sources[name])
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=f"{name}.onnx")  # fmt: skip
+
+    @app.websocket("/v1/live")
+    async def live(socket: WebSocket, model: str = "") -> None:
+        name = model or default
+        if name not in segmenters:
+            await socket.close(code=1008, reason=f"no model {name!r}")
+            return
+        if traffic.live >= limits.concurrency + limits.queue:
+            await socket.close(code=1013, reason="busy: too many live viewers; try again later")
+            return
+        seg = segmenters[name]
+        traffic.live += 1
+        await socket.accept()
+        try:
+            while True:  # one frame at a time: the next one is read after this answer
+                frame = await socket.receive_bytes()
+                if len(frame) > limits.max_bytes:
+                    too_big = {"detail": f"frame over {limits.max_upload_mb:g} MB"}
+                    await socket.send_text(JSONResponse(too_big).body.decode())
+                    continue
+
+                def work(frame: bytes = frame) -> bytes:
+                    pred = _predict(seg, frame, "frame", limits.max_pixels)
+                    metrics.images.labels(name).inc()
+                    h, w = pred.labels.shape
+                    head = np.array([w, h], "<u4").tobytes()
+                    return head + pred.labels.astype(np.uint8).tobytes()
+
+                try:
+                    await socket.send_bytes(await within_deadline(slots, work, limits.deadline_s))
+                except HTTPException as e:
+                    await socket.send_text(JSONResponse({"detail": e.detail}).body.decode())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            traffic.live -= 1
+
     @app.post("/v1/segment", openapi_extra=SEGMENT_FORM)
     async def segment(request: Request) -> Response:
         ask = _ask(await _read_form(request), segmenters, default)
@@ -150,8 +213,8 @@ def create_app(
     return app
 
 
-async def within_deadline(slots: asyncio.Semaphore, work: Callable[[], Response],
-                          deadline_s: float) -> Response:  # fmt: skip
+async def within_deadline(slots: asyncio.Semaphore, work: Callable[[], Any],
+                          deadline_s: float) -> Any:  # fmt: skip
     """``work()`` in a worker thread once a slot is free; 504 past ``deadline_s`` (waiting
     included). A thread cannot be stopped: one past its deadline keeps its slot until it
     ends, so no more than ``concurrency`` images are ever in work."""

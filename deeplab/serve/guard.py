@@ -25,6 +25,9 @@ from deeplab.serve.observe import Metrics
 access_log = logging.getLogger("deeplab.serve.access")
 
 UPLOAD_PATHS = frozenset({"/v1/segment"})
+ISOLATION = ((b"cross-origin-opener-policy", b"same-origin"),
+             (b"cross-origin-embedder-policy", b"require-corp"),
+             (b"cross-origin-resource-policy", b"same-origin"))  # fmt: skip
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/favicon.ico"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
@@ -81,6 +84,7 @@ class Traffic:
     """The requests in the house: uploads admitted (read, waiting or segmenting)."""
 
     admitted: int = 0
+    live: int = 0  # WebSocket connections of the live view's server path
     ready: bool = False  # models loaded and warmed up
 
 
@@ -115,6 +119,8 @@ class Guard:
         async def tracked(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
+                # Cross-origin isolation: onnxruntime-web's threads need SharedArrayBuffer.
+                message = {**message, "headers": [*message.get("headers", []), *ISOLATION]}
             elif message["type"] == "http.response.body":
                 sent["bytes"] += len(message.get("body", b""))
             elif message["type"] == "websocket.accept":

@@ -91,7 +91,8 @@ def serve(*, models: list[str], weights: list[str], host: str, port: int, access
                 "limits": asdict(limits), "token": access.token,
                 "hosts": sorted(access.hosts) if access.hosts is not None else None}  # fmt: skip
     common = dict(host=host, port=port, log_level="warning", access_log=False,
-                  timeout_keep_alive=5, timeout_graceful_shutdown=10)  # fmt: skip
+                  timeout_keep_alive=5, timeout_graceful_shutdown=10,
+                  ws_max_size=limits.max_bytes + 1024)  # fmt: skip
     lock = "token required" if access.token else "no token"
     if workers == 1:
         app = build_app(settings)
@@ -119,7 +120,8 @@ def build_app(settings: dict[str, Any]):
                  seg.runtime, seconds[name])  # fmt: skip
     hosts = settings["hosts"]
     access = Access(settings["token"], frozenset(hosts) if hosts is not None else None)
-    return create_app(segmenters, limits=limits, access=access, load_seconds=seconds)
+    return create_app(segmenters, limits=limits, access=access, load_seconds=seconds,
+                      sources=named)
 
 
 def app_from_env():

@@ -1,22 +1,30 @@
-// The deeplab page: every photo goes to POST /v1/segment (the documented API), and the
-// colour map, overlay and portrait are drawn here from the returned labels, so switching
-// views costs no new request.
-"use strict";
+// The deeplab page. Photos go to POST /v1/segment (the documented API), and the colour map,
+// overlay and portrait are drawn here from the returned labels, so switching views costs
+// no new request. Live segments the camera: in this browser (onnxruntime-web on the model
+// the server exports for it: frames never leave the device) or, where that cannot run, on
+// the server over a WebSocket. The page says which runs.
 
-const state = { models: [], cards: [] };
+import { paint } from "./draw.js";
+import { Live } from "./live.js";
+import { browserSegmenter, serverSegmenter } from "./segment.js";
+
+const state = { models: [], cards: [], live: null, segmenters: {} };
 const $ = (id) => document.getElementById(id);
 
 // A server started with --token answers the API only with "Authorization: Bearer TOKEN".
 // The page asks for it once and keeps it for this tab (sessionStorage), never in a URL.
+function authHeaders() {
+  const token = sessionStorage.getItem("deeplab-token");
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 async function api(path, options = {}) {
   for (;;) {
-    const token = sessionStorage.getItem("deeplab-token");
-    const headers = { ...(options.headers || {}) };
-    if (token) headers.Authorization = `Bearer ${token}`;
-    const response = await fetch(path, { ...options, headers });
+    const had = sessionStorage.getItem("deeplab-token");
+    const response = await fetch(path, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
     if (response.status !== 401) return response;
     sessionStorage.removeItem("deeplab-token");
-    await askToken(token ? "That token was refused; try again." : "");
+    await askToken(had ? "That token was refused; try again." : "");
   }
 }
 
@@ -60,9 +68,16 @@ function fillPortraitClasses() {
   select.value = model.classes.includes("person") ? "person" : model.classes[model.classes.length > 1 ? 1 : 0];
 }
 
-function mode() {
-  return document.querySelector('input[name="mode"]:checked').value;
+function viewOptions(model = currentModel()) {
+  return {
+    view: document.querySelector('input[name="mode"]:checked').value,
+    alpha: Number($("opacity").value),
+    keep: model.classes.indexOf($("portrait-class").value),
+    palette: model.palette,
+  };
 }
+
+// --- photos ---------------------------------------------------------------------------
 
 async function segment(file) {
   const card = document.createElement("article");
@@ -125,57 +140,10 @@ function legend(entry) {
 }
 
 function draw(entry) {
-  const { photo, labels, model } = entry;
-  const { width, height } = photo;
   const canvas = entry.card.querySelector("canvas");
-  canvas.width = width;
-  canvas.height = height;
-  const ctx = canvas.getContext("2d");
-  const view = mode();
-  const out = new ImageData(width, height);
-  const alpha = Number($("opacity").value);
-  const palette = model.palette;
-  if (view === "portrait") {
-    drawPortrait(ctx, entry);
-    canvas.dataset.view = view;
-    return;
-  }
-  for (let i = 0; i < labels.length; i++) {
-    const colour = palette[labels[i]] || [0, 0, 0];
-    for (let k = 0; k < 3; k++) {
-      const p = photo.data[4 * i + k];
-      out.data[4 * i + k] = view === "color" ? colour[k]
-        : view === "photo" ? p : Math.round((1 - alpha) * p + alpha * colour[k]);
-    }
-    out.data[4 * i + 3] = 255;
-  }
-  ctx.putImageData(out, 0, 0);
-  canvas.dataset.view = view;
-}
-
-function drawPortrait(ctx, entry) {
-  // The Pixel's portrait mode: the chosen class sharp, the rest blurred, a soft seam.
-  const { photo, labels, model } = entry;
-  const { width, height } = photo;
-  const keep = model.classes.indexOf($("portrait-class").value);
-  const radius = Math.max(2, 0.02 * Math.max(width, height));
-  const sharp = new OffscreenCanvas(width, height);
-  sharp.getContext("2d").putImageData(photo, 0, 0);
-  const mask = new OffscreenCanvas(width, height);
-  const maskData = new ImageData(width, height);
-  for (let i = 0; i < labels.length; i++) maskData.data[4 * i + 3] = labels[i] === keep ? 255 : 0;
-  mask.getContext("2d").putImageData(maskData, 0, 0);
-  ctx.filter = `blur(${radius}px)`;
-  ctx.drawImage(sharp, 0, 0);
-  ctx.filter = "none";
-  const subject = new OffscreenCanvas(width, height);
-  const sctx = subject.getContext("2d");
-  sctx.filter = `blur(${radius / 4}px)`;
-  sctx.drawImage(mask, 0, 0);
-  sctx.filter = "none";
-  sctx.globalCompositeOperation = "source-in";
-  sctx.drawImage(sharp, 0, 0);
-  ctx.drawImage(subject, 0, 0);
+  const options = viewOptions(entry.model);
+  paint(canvas.getContext("2d"), entry.photo, entry.labels, entry.model.palette, options);
+  canvas.dataset.view = options.view;
 }
 
 async function download(entry) {
@@ -200,6 +168,75 @@ async function handle(files) {
   for (const file of files) await segment(file);
 }
 
+// --- live -----------------------------------------------------------------------------
+
+async function liveSegmenter(model, where) {
+  const key = `${model.name}/${where}`;
+  if (state.segmenters[key]) return state.segmenters[key];
+  let seg;
+  if (where === "browser") {
+    try {
+      seg = await browserSegmenter(`/v1/models/${encodeURIComponent(model.name)}/model.onnx`,
+                                   { headers: authHeaders(), base: "/static/ort/" });
+    } catch (error) {
+      $("message").textContent = `In-browser inference is not available here (${error.message}); ` +
+        "segmenting on the server instead.";
+      return liveSegmenter(model, "server");
+    }
+  } else {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const token = sessionStorage.getItem("deeplab-token");
+    const query = new URLSearchParams({ model: model.name, ...(token ? { token } : {}) });
+    seg = await serverSegmenter(`${scheme}://${location.host}/v1/live?${query}`);
+  }
+  state.segmenters[key] = seg;
+  return seg;
+}
+
+async function startLive() {
+  $("message").textContent = "";
+  const model = currentModel();
+  $("live-start").disabled = true;
+  $("live-status").textContent = "Loading the model...";
+  try {
+    await api("/v1/models");  // ask for the token first, if the server wants one
+    const seg = await liveSegmenter(model, $("where").value);
+    state.live.options = () => viewOptions(model);
+    await state.live.start(seg, $("facing").value);
+    $("live-stop").disabled = false;
+    document.body.dataset.live = seg.backend;
+  } catch (error) {
+    $("live-status").textContent = `The camera could not start: ${error.message}`;
+    $("live-start").disabled = false;
+  }
+}
+
+function stopLive() {
+  state.live.stop();
+  $("live-start").disabled = false;
+  $("live-stop").disabled = true;
+}
+
+function showStats(s) {
+  const seg = state.live.segmenter;
+  if (s.error) {
+    $("live-status").textContent = `Stopped: ${s.error}`;
+    return;
+  }
+  const fps = s.frames > 1 ? `${s.fps.toFixed(1)} frames/s` : "starting";
+  $("live-status").textContent = `${fps} · ${s.ms.toFixed(0)} ms a frame · ` +
+    `${s.dropped} camera frames skipped · runs ${seg.runtime}`;
+}
+
+function selectTab(name) {
+  for (const button of document.querySelectorAll("#tabs button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.tab === name));
+  }
+  $("photos").hidden = name !== "photos";
+  $("live").hidden = name !== "live";
+  if (name !== "live" && state.live) stopLive();
+}
+
 function setup() {
   const drop = $("drop");
   $("file").addEventListener("change", (e) => handle([...e.target.files]));
@@ -216,7 +253,15 @@ function setup() {
   $("opacity").addEventListener("input", redrawAll);
   $("portrait-class").addEventListener("change", redrawAll);
   $("model").addEventListener("change", fillPortraitClasses);
-  loadModels().then(() => document.body.dataset.ready = "true");
+  for (const button of document.querySelectorAll("#tabs button")) {
+    button.addEventListener("click", () => selectTab(button.dataset.tab));
+  }
+  state.live = new Live({ video: $("live-video"), canvas: $("live-canvas"),
+                          options: () => viewOptions(), onStats: showStats });
+  $("live-start").addEventListener("click", startLive);
+  $("live-stop").addEventListener("click", stopLive);
+  window.deeplabPage = state;  // for tests and the benchmark: stats, the last frame
+  loadModels().then(() => { document.body.dataset.ready = "true"; });
 }
 
 setup();
