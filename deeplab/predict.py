@@ -33,6 +33,7 @@ from deeplab.runtimes import RUNTIMES, auto_runtime, onnx_network
 from deeplab.weights import list_entries
 
 log = logging.getLogger(__name__)
+OUTPUTS = ("labels", "color", "overlay")  # the files predict writes for each image
 
 
 def segmenter_for(
@@ -109,10 +110,12 @@ def save_prediction(
     alpha: float = 0.5,
     probabilities: bool = False,
     portrait: str | None = None,
+    outputs: Sequence[str] = OUTPUTS,
 ) -> list[Path]:
     """Write one prediction's files into ``out_dir``; returns their paths.
 
-    ``<stem>.png`` (index PNG with palette), ``<stem>_color.png``, ``<stem>_overlay.jpg``,
+    ``outputs`` (default all three): ``labels`` (``<stem>.png``, index PNG with palette),
+    ``color`` (``<stem>_color.png``), ``overlay`` (``<stem>_overlay.jpg``); then
     ``<stem>_probs.npy`` (CxHxW float32) with ``probabilities``, and ``<stem>_portrait.jpg``
     (class ``portrait`` sharp, the rest blurred) when a class is named.
     """
@@ -120,13 +123,20 @@ def save_prediction(
         raise ValueError("this Prediction carries no image; make it with Segmenter.predict")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / f"{stem}.png", out / f"{stem}_color.png", out / f"{stem}_overlay.jpg"]
-    viz.save_index_png(pred.labels, written[0], pred.palette)
-    # Fast zlib level: a colour map compresses well even so, and level 6 costs ~3x the time.
-    Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[1], compress_level=1)
-    # One full-size picture alive at a time: memory follows the photo on big inputs.
-    Image.fromarray(viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)).save(
-        written[2], quality=92)
+    written = []
+    if "labels" in outputs:
+        written.append(out / f"{stem}.png")
+        viz.save_index_png(pred.labels, written[-1], pred.palette)
+    if "color" in outputs:
+        # Fast zlib level: a colour map compresses well even so, and level 6 costs ~3x.
+        written.append(out / f"{stem}_color.png")
+        Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[-1],
+                                                                       compress_level=1)
+    if "overlay" in outputs:
+        # One full-size picture alive at a time: memory follows the photo on big inputs.
+        written.append(out / f"{stem}_overlay.jpg")
+        Image.fromarray(viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)).save(
+            written[-1], quality=92)
     if probabilities:
         if pred.probabilities is None:
             raise ValueError("predict with probabilities=True to save them")
@@ -148,6 +158,7 @@ def predict_files(
     portrait: str | None = None,
     labelme: bool = False,
     io_threads: int = 2,
+    outputs: Sequence[str] = OUTPUTS,
 ) -> Iterator[tuple[Path, Prediction | Exception]]:
     """Segment each file and write its outputs (``save_prediction``) into ``out_dir``.
 
@@ -172,7 +183,7 @@ def predict_files(
 
     def write(path: Path, pred: Prediction, stem: str) -> None:
         save_prediction(pred, out, stem, alpha=alpha, probabilities=probabilities,
-                        portrait=portrait)  # fmt: skip
+                        portrait=portrait, outputs=outputs)  # fmt: skip
         if labelme:
             relative = os.path.relpath(path.resolve(), out.resolve())
             doc = mask_to_labelme(pred.labels, segmenter.class_names, image_path=relative)

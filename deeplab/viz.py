@@ -117,8 +117,10 @@ def index_image(labels: np.ndarray, palette: Palette = None) -> Image.Image:
 def save_index_png(labels: np.ndarray, path: str | Path, palette: Palette = None) -> None:
     """Write ``labels`` as an index PNG: pixel values are class ids, viewers show colours.
 
-    The one writer of label maps: predictions, labelme conversions and converted masks."""
-    index_image(labels, palette).save(path, format="PNG")
+    The one writer of label maps: predictions, labelme conversions and converted masks.
+    zlib level 1: 0.8 vs 2.6 ms for a 480x360 CamVid label map at level 6, for 2.7 vs 1.6
+    KB (label maps compress well either way)."""
+    index_image(labels, palette).save(path, format="PNG", compress_level=1)
 
 
 # --- charts (matplotlib, the optional extra `plots`) -------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from _helpers import PHOTOS
 from PIL import Image
 
@@ -576,3 +577,37 @@ def test_max_side_reduces_what_the_network_sees_not_the_labels():
     assert (a[:, :140] == 0).all() and (a[:, 160:] == 1).all() and (a == b).mean() > 0.97
     with pytest.raises(ValueError, match="max_side"):
         Segmenter(Halves(), mean=(0,) * 3, std=(1,) * 3, max_side=4)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_both_resize_paths_into_a_canvas_are_torchs_bilinear(align_corners, monkeypatch):
+    """Small images are resized as a float copy, big ones row by row; both equal torch's
+    bilinear resize (the row-by-row path forced here on a small image)."""
+    import deeplab.upsample as upsample
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 256, (1, 3, 61, 83), dtype=np.uint8))
+    expected = F.interpolate(image.float(), size=(97, 129), mode="bilinear",
+                             align_corners=align_corners)  # fmt: skip
+    fast = upsample.bilinear_rows_first(image, (97, 129), align_corners=align_corners)
+    monkeypatch.setattr(upsample, "FLOAT_COPY_PIXELS", 0)
+    rows = upsample.bilinear_rows_first(image, (97, 129), align_corners=align_corners)
+    assert torch.allclose(fast, expected) and torch.allclose(rows, expected, atol=1e-3)
+
+
+def test_predict_writes_only_the_outputs_asked_for(tmp_path, capsys):
+    """`--outputs labels,overlay` writes those two files per image, the default all three;
+    a wrong name is a one-line usage error."""
+    from deeplab.cli import main
+    from deeplab.predict import predict_files
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(photo)
+    seg = Segmenter(Pointwise(), mean=(0.0,) * 3, std=(1.0,) * 3)
+    list(predict_files(seg, [photo], tmp_path / "a", outputs=("labels", "overlay")))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["p.png", "p_overlay.jpg"]
+    list(predict_files(seg, [photo], tmp_path / "b"))
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "p.png", "p_color.png", "p_overlay.jpg"]
+    assert main(["predict", str(photo), "--outputs", "labels,mask"]) == 2
+    assert "choose from labels, color, overlay" in capsys.readouterr().err

@@ -17,6 +17,15 @@ from deeplab.cli.common import (
 )
 
 
+def _outputs(text: str) -> tuple[str, ...]:
+    chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+    wrong = [v for v in chosen if v not in ("labels", "color", "overlay")]
+    if wrong or not chosen:
+        raise argparse.ArgumentTypeError(f"--outputs {text!r}: choose from labels, color, "
+                                         "overlay, e.g. labels,overlay")  # fmt: skip
+    return chosen
+
+
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--out", default="out", help="output folder (default out)")
@@ -24,6 +33,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                                    "registered architecture")
     p.add_argument("--dataset", help="class names/palette for --weights: voc, camvid, "
                                      "cityscapes, ade20k (default: guessed from the class count)")
+    p.add_argument("--outputs", type=_outputs, default=("labels", "color", "overlay"),
+                   help="files per image, comma-separated: labels (<stem>.png), color "
+                   "(<stem>_color.png), overlay (<stem>_overlay.jpg); default all three")
     p.add_argument("--probs", action="store_true", help="also write <stem>_probs.npy (CxHxW)")
     p.add_argument("--portrait", metavar="CLASS",
                    help="keep CLASS sharp and blur the rest: <stem>_portrait.jpg")
@@ -84,7 +96,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                   f"{', '.join(str(p) for p in result.outputs)}")  # fmt: skip
     results = predict_files(segmenter, paths, args.out, alpha=args.alpha,
                             probabilities=args.probs, portrait=args.portrait,
-                            labelme=args.labelme)  # fmt: skip
+                            labelme=args.labelme, outputs=args.outputs)  # fmt: skip
     failed = []
     for path, result in tqdm(results, total=len(paths), unit="image",
                              disable=args.quiet or len(paths) < 2):  # fmt: skip

@@ -202,6 +202,9 @@ async function startLive() {
     await api("/v1/models");  // ask for the token first, if the server wants one
     const seg = await liveSegmenter(model, $("where").value);
     state.live.options = () => viewOptions(model);
+    // A model made for one canvas (Google's 257 or 513) sees no more than it: frames are
+    // segmented at that size and drawn scaled up; others at 480 pixels across.
+    state.live.maxSide = model.input_size ? Math.max(...model.input_size) : 480;
     await state.live.start(seg, $("facing").value);
     $("live-stop").disabled = false;
     document.body.dataset.live = seg.backend;

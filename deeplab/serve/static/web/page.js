@@ -60,7 +60,13 @@ async function setup() {
   const select = $("portrait-class");
   for (const name of state.model.classes) select.add(new Option(name, name));
   select.value = state.model.classes.includes("person") ? "person" : state.model.classes[1] || state.model.classes[0];
-  state.seg = await browserSegmenter("model.onnx", { base: "ort/" });
+  // ?backend=wasm|webgpu&threads=N choose the runtime (default: WebGPU where the browser
+  // has it, else WebAssembly with as many threads as the page may use).
+  const params = new URLSearchParams(location.search);
+  state.seg = await browserSegmenter("model.onnx", {
+    base: "ort/", backend: params.get("backend") || "auto",
+    threads: Number(params.get("threads")) || undefined,
+  });
   $("status").textContent = `Model loaded in ${state.seg.loadMs.toFixed(0)} ms; runs ${state.seg.runtime}.`;
   $("file").addEventListener("change", (e) => e.target.files[0] && segmentFile(e.target.files[0]));
   const drop = $("drop");
@@ -70,8 +76,10 @@ async function setup() {
   for (const input of document.querySelectorAll('input[name="mode"]')) input.addEventListener("change", redraw);
   $("opacity").addEventListener("input", redraw);
   $("portrait-class").addEventListener("change", redraw);
+  const canvas = state.model.input_size;  // a fixed canvas: frames at its size, drawn larger
   const live = new Live({
     video: $("live-video"), canvas: $("view"), options,
+    maxSide: Number(params.get("side")) || (canvas ? Math.max(...canvas) : 480),
     onStats: (s) => {
       $("status").textContent = s.error ? `Stopped: ${s.error}` :
         `${s.frames > 1 ? s.fps.toFixed(1) + " frames/s" : "starting"} · ${s.ms.toFixed(0)} ms a frame · ${state.seg.runtime}`;
