@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deeplab import hub
+from deeplab import hub, viz
 from deeplab.checkpoint import ModelInfo
 from deeplab.crf import dense_crf
 from deeplab.data.images import ImageInput, read_image
@@ -66,15 +66,11 @@ class Prediction:
 
     def shares(self) -> dict[str, float]:
         """Fraction of the pixels given to each class present, largest first."""
-        counts = np.bincount(self.labels.reshape(-1), minlength=len(self.class_names))
-        total = max(int(counts.sum()), 1)
-        order = np.argsort(-counts, kind="stable")
-        return {self._name(int(i)): counts[i] / total for i in order if counts[i] > 0}
+        return viz.shares(self.labels, self.class_names)
 
     def summary(self, min_share: float = 0.0005) -> str:
         """``"person 62.1%, background 37.9%"``: classes above ``min_share``, largest first."""
-        parts = [f"{n} {100 * s:.1f}%" for n, s in self.shares().items() if s >= min_share]
-        return ", ".join(parts) if parts else "nothing"
+        return viz.summary(self.labels, self.class_names, min_share)
 
     def mask(self, class_name: str) -> np.ndarray:
         """HxW bool: the pixels labelled ``class_name``."""
@@ -84,8 +80,6 @@ class Prediction:
             )
         return self.labels == self.class_names.index(class_name)
 
-    def _name(self, i: int) -> str:
-        return self.class_names[i] if i < len(self.class_names) else f"class_{i}"
 
 
 # --- the segmenter ----------------------------------------------------------

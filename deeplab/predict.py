@@ -12,28 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from deeplab import viz
 from deeplab.checkpoint import ModelInfo
-from deeplab.data.images import read_image
 from deeplab.data.labelme import mask_to_labelme
 from deeplab.export import ExportError
 from deeplab.extras import require
 from deeplab.inference import Prediction, Segmenter
+from deeplab.quick import through_files
 from deeplab.runtimes import RUNTIMES, auto_runtime, onnx_network
 from deeplab.weights import list_entries
 
 log = logging.getLogger(__name__)
-OUTPUTS = ("labels", "color", "overlay")  # the files predict writes for each image
+OUTPUTS = viz.OUTPUTS  # the files predict writes for each image
 
 
 def segmenter_for(
@@ -121,30 +118,18 @@ def save_prediction(
     """
     if pred.image is None:
         raise ValueError("this Prediction carries no image; make it with Segmenter.predict")
+    if probabilities and pred.probabilities is None:
+        raise ValueError("predict with probabilities=True to save them")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if "labels" in outputs:
-        written.append(out / f"{stem}.png")
-        viz.save_index_png(pred.labels, written[-1], pred.palette)
-    if "color" in outputs:
-        # Fast zlib level: a colour map compresses well even so, and level 6 costs ~3x.
-        written.append(out / f"{stem}_color.png")
-        Image.fromarray(viz.colorize(pred.labels, pred.palette)).save(written[-1],
-                                                                       compress_level=1)
-    if "overlay" in outputs:
-        # One full-size picture alive at a time: memory follows the photo on big inputs.
-        written.append(out / f"{stem}_overlay.jpg")
-        Image.fromarray(viz.overlay(pred.image, pred.labels, pred.palette, alpha=alpha)).save(
-            written[-1], quality=92)
+    written = viz.write_outputs(out, stem, pred.labels, pred.image, pred.palette,
+                                outputs=outputs, alpha=alpha)  # fmt: skip
     if probabilities:
-        if pred.probabilities is None:
-            raise ValueError("predict with probabilities=True to save them")
         written.append(out / f"{stem}_probs.npy")
         np.save(written[-1], pred.probabilities.astype(np.float32))
     if portrait is not None:
-        written.append(out / f"{stem}_portrait.jpg")
-        Image.fromarray(viz.portrait(pred.image, pred.mask(portrait))).save(written[-1], quality=92)
+        written += viz.write_outputs(out, stem, pred.labels, pred.image, outputs=(),
+                                     keep=pred.mask(portrait))  # fmt: skip
     return written
 
 
@@ -189,35 +174,7 @@ def predict_files(
             doc = mask_to_labelme(pred.labels, segmenter.class_names, image_path=relative)
             (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
 
-    stems: set[str] = set()
-    with ThreadPoolExecutor(max(1, io_threads)) as pool:
-        reads = deque(pool.submit(read_image, p) for p in paths[: io_threads + 1])
-        writes: deque = deque()
-        for k, path in enumerate(paths):
-            try:
-                image = reads.popleft().result()
-            except (OSError, ValueError) as err:
-                image = err
-            if k + io_threads + 1 < len(paths):  # keep the decoder busy ahead of the model
-                reads.append(pool.submit(read_image, paths[k + io_threads + 1]))
-            if isinstance(image, Exception):
-                while writes:  # in order: the files before it first
-                    done_path, done, future = writes.popleft()
-                    future.result()
-                    yield done_path, done
-                yield path, image
-                continue
-            pred = segmenter.predict(image, probabilities=probabilities)
-            stem, n = path.stem, 1
-            while stem in stems:
-                n += 1
-                stem = f"{path.stem}-{n}"
-            stems.add(stem)
-            writes.append((path, pred, pool.submit(write, path, pred, stem)))
-            while len(writes) > io_threads:  # bounded: memory does not grow with the folder
-                done_path, done, future = writes.popleft()
-                future.result()
-                yield done_path, done
-        for done_path, done, future in writes:
-            future.result()
-            yield done_path, done
+    def segment(image: np.ndarray) -> Prediction:
+        return segmenter.predict(image, probabilities=probabilities)
+
+    yield from through_files(paths, segment, write, io_threads=io_threads)

@@ -33,19 +33,12 @@ from deeplab import viz
 from deeplab.extras import require
 from deeplab.inference import Segmenter
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg",
-                            ".wmv", ".flv", ".ts", ".3gp"})  # fmt: skip
-
 
 def _av():
     require("video", "reading and writing videos")
     import av
 
     return av
-
-
-def is_video(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 @dataclass

@@ -107,6 +107,49 @@ def portrait(
     return np.asarray(Image.composite(photo, blurred, soft))
 
 
+def shares(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Fraction of the pixels given to each class present, largest first."""
+    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=len(class_names))
+    total = max(int(counts.sum()), 1)
+    order = np.argsort(-counts, kind="stable")
+    return {(class_names[i] if i < len(class_names) else f"class_{i}"): counts[i] / total
+            for i in order if counts[i] > 0}  # fmt: skip
+
+
+def summary(labels: np.ndarray, class_names: Sequence[str], min_share: float = 0.0005) -> str:
+    """``"person 62.1%, background 37.9%"``: classes above ``min_share``, largest first."""
+    parts = [f"{n} {100 * s:.1f}%" for n, s in shares(labels, class_names).items()
+             if s >= min_share]  # fmt: skip
+    return ", ".join(parts) if parts else "nothing"
+
+
+OUTPUTS = ("labels", "color", "overlay")  # the pictures deeplab predict writes per image
+
+
+def write_outputs(out: Path, stem: str, labels: np.ndarray, image: np.ndarray,
+                  palette: Palette = None, *, outputs: Sequence[str] = OUTPUTS,
+                  alpha: float = 0.5, keep: np.ndarray | None = None) -> list[Path]:  # fmt: skip
+    """``<stem>.png`` (index PNG, ``labels``), ``<stem>_color.png`` (``color``) and
+    ``<stem>_overlay.jpg`` (``overlay``) as ``outputs`` asks, and ``<stem>_portrait.jpg``
+    when a ``keep`` mask is given; one full-size picture alive at a time, so memory
+    follows the photo on big inputs. Returns the paths written."""
+    written = []
+    if "labels" in outputs:
+        written.append(out / f"{stem}.png")
+        save_index_png(labels, written[-1], palette)
+    if "color" in outputs:  # zlib level 1: a colour map compresses well even so (3x faster)
+        written.append(out / f"{stem}_color.png")
+        Image.fromarray(colorize(labels, palette)).save(written[-1], compress_level=1)
+    if "overlay" in outputs:
+        written.append(out / f"{stem}_overlay.jpg")
+        Image.fromarray(overlay(image, labels, palette, alpha=alpha)).save(written[-1],
+                                                                           quality=92)
+    if keep is not None:
+        written.append(out / f"{stem}_portrait.jpg")
+        Image.fromarray(portrait(image, keep)).save(written[-1], quality=92)
+    return written
+
+
 def index_image(labels: np.ndarray, palette: Palette = None) -> Image.Image:
     """Label map -> single-channel PIL image in mode ``P`` with the palette attached."""
     pil = Image.fromarray(np.ascontiguousarray(_check_labels(labels)))

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deeplab"
 LAYERS = {
     "cli": 4, "__main__": 4, "__init__": 4,
     "train": 3, "evaluate": 3, "inference": 3, "export": 3, "video": 3, "serve": 3, "env": 3,
-    "predict": 3, "runtimes": 3, "quantize": 3, "web": 3,
+    "predict": 3, "runtimes": 3, "quantize": 3, "web": 3, "quick": 3,
     "tune": 3,
     "hub": 2, "checkpoint": 2,
     "models": 1, "weights": 1, "data": 1, "losses": 1, "metrics": 1, "crf": 1, "viz": 1,

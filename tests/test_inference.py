@@ -382,6 +382,11 @@ def tiny_zoo(monkeypatch):
         return cls(Pointwise(3), mean=(127.5,) * 3, std=(127.5,) * 3, class_names=names, **options)
 
     monkeypatch.setattr(Segmenter, "from_pretrained", classmethod(fake))
+    # The tiny model lives in the Segmenter path: keep `deeplab predict` off the quick one
+    # (the real zoo model's cached pipeline).
+    import deeplab.quick as quick
+
+    monkeypatch.setattr(quick, "usable", lambda: False)
     return made
 
 
@@ -611,3 +616,32 @@ def test_predict_writes_only_the_outputs_asked_for(tmp_path, capsys):
         "p.png", "p_color.png", "p_overlay.jpg"]
     assert main(["predict", str(photo), "--outputs", "labels,mask"]) == 2
     assert "choose from labels, color, overlay" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_second_predict_reuses_its_cache_and_never_imports_torch(tmp_path, weights_dir):
+    """The first `deeplab predict` exports the model's pipeline into the cache; the second
+    finds it and runs without importing torch, writing the same labels."""
+    import os
+    import subprocess
+    import sys
+
+    if not (weights_dir / "deeplabv3_257_mv_gpu.tflite").is_file():
+        pytest.skip("the mobile VOC model is not in the weights folder")
+    env = {**os.environ, "DEEPLAB_CACHE": str(tmp_path / "cache"),
+           "DEEPLAB_WEIGHTS_DIR": str(weights_dir)}  # fmt: skip
+    code = ("import sys; from deeplab.cli import main; "
+            "rc = main(['predict', {photo!r}, '--model', 'deeplabv3_257_mv_gpu', '--out', "
+            "{out!r}, '--quiet']); print(rc, 'torch' in sys.modules)")  # fmt: skip
+    runs = []
+    for name in ("first", "second"):
+        done = subprocess.run([sys.executable, "-c", code.format(
+            photo=str(PHOTOS / "astronaut.jpg"), out=str(tmp_path / name))],
+            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs.append(done.stdout.split())
+    assert runs == [["0", "True"], ["0", "False"]]
+    assert len(list((tmp_path / "cache" / "onnx").glob("predict-*.onnx"))) == 1
+    first = np.asarray(Image.open(tmp_path / "first" / "astronaut.png"))
+    second = np.asarray(Image.open(tmp_path / "second" / "astronaut.png"))
+    assert np.array_equal(first, second) and (first == 15).mean() > 0.2  # a person

@@ -56,9 +56,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 def _run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from deeplab.data.images import find_images
-    from deeplab.predict import predict_files, segmenter_for
-    from deeplab.video import is_video, segment_video
+    from deeplab.data.images import find_images, is_video
 
     named = [Path(p) for p in args.images]
     videos = [p for p in named if p.is_file() and is_video(p)]
@@ -76,6 +74,76 @@ def _run_predict(args: argparse.Namespace) -> int:
     require_runtime(args.weights, args.runtime)
     rank, world = shard(args)  # under torchrun each process takes every world-th file
     paths, videos = paths[rank::world], videos[rank::world]
+    quick = _quick_pipeline(args) if not videos and world == 1 else None
+    if quick is not None:  # the whole pipeline in onnxruntime: torch is never imported
+        if not args.quiet:
+            print(f"network run by onnxruntime (the cached pipeline {quick.path.name})",
+                  file=sys.stderr)  # fmt: skip
+        results = quick.predict_files(paths, Path(args.out), outputs=args.outputs,
+                                      alpha=args.alpha, portrait=args.portrait)  # fmt: skip
+    else:
+        results = _predict_with_segmenter(args, paths, videos)
+    failed = []
+    for path, result in tqdm(results, total=len(paths), unit="image",
+                             disable=args.quiet or len(paths) < 2):  # fmt: skip
+        if isinstance(result, Exception):
+            tqdm.write(f"error: {result}", file=sys.stderr)
+            failed.append(path)
+        elif not args.quiet:
+            tqdm.write(f"{path.name}: {result.summary()}")
+    done = len(paths) - len(failed)
+    if failed:
+        print(f"{done} of {len(paths)} images written to {args.out}; unreadable: "
+              f"{', '.join(str(p) for p in failed)}", file=sys.stderr)
+        return 1
+    if not args.quiet and paths:
+        print(f"{done} image{'s' if done != 1 else ''} written to {args.out}")
+    return 0
+
+
+def _quick_pipeline(args: argparse.Namespace):
+    """The quick path (``deeplab.quick``) when every option is at its default on a CPU and
+    onnxruntime is installed: the model's cached pipeline, exported on the first run; else
+    None (the Segmenter path)."""
+    defaults = (args.runtime in ("auto", "onnxruntime") and args.device in (None, "cpu")
+                and args.precision == "fp32" and tuple(args.scales) == (1.0,)
+                and not (args.flip or args.crf or args.crf_option or args.crop or args.probs
+                         or args.sliding_window or args.labelme)
+                and args.output_stride is None)  # fmt: skip
+    from deeplab.quick import Pipeline, cache_path, usable
+
+    if not defaults or not usable():
+        return None
+    if args.weights and str(args.weights).lower().endswith(".onnx"):
+        pipeline = Pipeline(Path(args.weights))
+        return pipeline if pipeline.contract == "labels" else None
+    if args.weights and not Path(args.weights).is_file():
+        return None  # the Segmenter path says what is wrong with it
+    if args.model and not args.weights:
+        from deeplab.weights import list_entries
+
+        if args.model not in {e.name for e in list_entries(kind="segmentation")}:
+            return None
+    # (parsing --model-option reads YAML through deeplab.config, which imports torch)
+    options = dict(model=args.model, num_classes=args.num_classes, dataset=args.dataset,
+                   model_options=assignments(args.model_option, "--model-option", "x=1")
+                   if args.model_option else {})  # fmt: skip
+    path = cache_path(model=args.model, weights=args.weights, options=options)
+    if not path.is_file():
+        from deeplab.export import export_onnx, model_to_export
+
+        net, info = model_to_export(weights=args.weights, **options)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.stem}.{os.getpid()}.onnx")  # then renamed: atomic
+        export_onnx(net, info, partial)
+        os.replace(partial, path)
+    return Pipeline(path)
+
+
+def _predict_with_segmenter(args: argparse.Namespace, paths, videos):
+    from deeplab.predict import predict_files, segmenter_for
+    from deeplab.video import segment_video
+
     segmenter = segmenter_for(
         model=args.model, weights=args.weights, num_classes=args.num_classes,
         dataset=args.dataset,
@@ -94,25 +162,9 @@ def _run_predict(args: argparse.Namespace) -> int:
                   f"frames/s (the clip runs at {result.fps:.3g}); labels change on "
                   f"{100 * result.flicker:.2f}% of pixels per frame; written: "
                   f"{', '.join(str(p) for p in result.outputs)}")  # fmt: skip
-    results = predict_files(segmenter, paths, args.out, alpha=args.alpha,
-                            probabilities=args.probs, portrait=args.portrait,
-                            labelme=args.labelme, outputs=args.outputs)  # fmt: skip
-    failed = []
-    for path, result in tqdm(results, total=len(paths), unit="image",
-                             disable=args.quiet or len(paths) < 2):  # fmt: skip
-        if isinstance(result, Exception):
-            tqdm.write(f"error: {result}", file=sys.stderr)
-            failed.append(path)
-        elif not args.quiet:
-            tqdm.write(f"{path.name}: {result.summary()}")
-    done = len(paths) - len(failed)
-    if failed:
-        print(f"{done} of {len(paths)} images written to {args.out}; unreadable: "
-              f"{', '.join(str(p) for p in failed)}", file=sys.stderr)
-        return 1
-    if not args.quiet and paths:
-        print(f"{done} image{'s' if done != 1 else ''} written to {args.out}")
-    return 0
+    return predict_files(segmenter, paths, args.out, alpha=args.alpha,
+                         probabilities=args.probs, portrait=args.portrait,
+                         labelme=args.labelme, outputs=args.outputs)  # fmt: skip
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,15 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg",
+                            ".wmv", ".flv", ".ts", ".3gp"})  # fmt: skip
+
+
+def is_video(path: str | Path) -> bool:
+    """A file ``deeplab predict`` treats as a video (by its suffix)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
 class DataError(ValueError):
     """A problem with one data file; ``kind``: unreadable, missing, size, rgb, values, ...
 

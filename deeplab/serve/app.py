@@ -11,7 +11,8 @@
   ``GET /v1/models/{name}/model.onnx``: the model the live view runs in the browser (the
   ONNX contract with uint8 labels, exported once into the cache);
 - ``WS /v1/live?model=NAME``: the live view's server path, where the browser cannot run
-  the model: a JPEG frame in, ``width, height`` (uint32 LE) and the uint8 labels out;
+  the model: a frame in and its labels out, each as ``width, height`` (uint32 LE) then the
+  pixels (RGB) or the labels (uint8);
 - ``GET /healthz`` (alive), ``GET /readyz`` (models loaded and the queue not full),
   ``GET /metrics`` (Prometheus), the OpenAPI schema at ``/openapi.json``.
 
@@ -177,13 +178,14 @@ def create_app(
         try:
             while True:  # one frame at a time: the next one is read after this answer
                 frame = await socket.receive_bytes()
-                if len(frame) > limits.max_bytes:
-                    too_big = {"detail": f"frame over {limits.max_upload_mb:g} MB"}
-                    await socket.send_text(JSONResponse(too_big).body.decode())
+                try:
+                    rgb = _raw_frame(frame, limits.max_pixels)
+                except HTTPException as e:
+                    await socket.send_text(JSONResponse({"detail": e.detail}).body.decode())
                     continue
 
-                def work(frame: bytes = frame) -> bytes:
-                    pred = _predict(seg, frame, "frame", limits.max_pixels)
+                def work(rgb: np.ndarray = rgb) -> bytes:
+                    pred = seg.predict(rgb)
                     metrics.images.labels(name).inc()
                     h, w = pred.labels.shape
                     head = np.array([w, h], "<u4").tobytes()
@@ -242,6 +244,17 @@ async def _read_form(request: Request):
         return reader.finish()
     except FormError as e:
         raise HTTPException(e.status, str(e)) from None
+
+
+def _raw_frame(message: bytes, max_pixels: int) -> np.ndarray:
+    """A live frame: width and height (uint32 LE), then width x height x 3 RGB bytes."""
+    if len(message) < 8:
+        raise HTTPException(400, "a frame is width, height (uint32 LE) and its RGB pixels")
+    w, h = (int(v) for v in np.frombuffer(message[:8], "<u4"))
+    if w * h > max_pixels or len(message) != 8 + 3 * w * h or not w or not h:
+        raise HTTPException(400, f"a {w}x{h} frame needs {3 * w * h} RGB bytes (got "
+                                 f"{len(message) - 8}; at most {max_pixels} pixels)")  # fmt: skip
+    return np.frombuffer(message, np.uint8, offset=8).reshape(h, w, 3)
 
 
 def _ask(form, segmenters: dict[str, Segmenter], default: str) -> Ask:

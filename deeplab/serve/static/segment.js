@@ -66,7 +66,8 @@ export async function browserSegmenter(modelUrl, { headers = {}, base = "/static
 }
 
 /** A segmenter whose frames go to `deeplab serve` over a WebSocket (`wsUrl`, token in the
- * query): a JPEG out, the labels back; one frame in flight at a time. */
+ * query): the frame's raw RGB out (width, height as uint32 LE, then the pixels: exact, and
+ * no encoding on the phone), the labels back; one frame in flight at a time. */
 export async function serverSegmenter(wsUrl) {
   const socket = new WebSocket(wsUrl);
   socket.binaryType = "arraybuffer";
@@ -89,17 +90,21 @@ export async function serverSegmenter(wsUrl) {
     done.resolve({ labels: new Uint8Array(event.data, 8), width, height });
   };
   socket.onclose = () => pending && pending.reject(new Error("the live connection closed"));
-  const canvas = new OffscreenCanvas(1, 1);
   return {
     runtime: "on the server",
     backend: "server",
     async segment(image) {
-      canvas.width = image.width;
-      canvas.height = image.height;
-      canvas.getContext("2d").putImageData(image, 0, 0);
-      const blob = await canvas.convertToBlob({ type: "image/jpeg", quality: 0.85 });
+      const { width, height, data } = image;
+      const message = new Uint8Array(8 + width * height * 3);
+      new DataView(message.buffer).setUint32(0, width, true);
+      new DataView(message.buffer).setUint32(4, height, true);
+      for (let i = 0, j = 8; i < data.length; i += 4, j += 3) {  // RGBA -> RGB
+        message[j] = data[i];
+        message[j + 1] = data[i + 1];
+        message[j + 2] = data[i + 2];
+      }
       const result = new Promise((resolve, reject) => { pending = { resolve, reject }; });
-      socket.send(await blob.arrayBuffer());
+      socket.send(message);
       return result;
     },
     close() { socket.close(); },
