@@ -1,14 +1,15 @@
-"""Load test of `deeplab serve` on loopback: requests/s and latency at 1, 4 and 16 clients.
+"""Load test of `deeplab serve` on loopback: requests/s and latency by clients and workers.
 
     pip install -e ".[test]"
     DEEPLAB_WEIGHTS_DIR=../shared/weights python benchmarks/bench_serve.py \
         --photos ../shared/data/camvid/val
 
-Starts `deeplab serve` in its own process (default VOC model, ``--concurrency`` images at
-once, its CPU threads stated), then for each client count runs that many threads, each
-posting photos back to back to ``POST /v1/segment`` (JSON answer) for ``--seconds``.
-Reports requests/s, p50 and p95 latency and every status code seen: below the server's
-limit (concurrency + queue) every request must succeed.
+Starts `deeplab serve` in its own process for each ``--workers`` count (default VOC model,
+``--concurrency`` images at once per worker, ``--threads`` network threads per worker, by
+default cores / workers), then for each client count runs that many threads, each posting
+photos back to back to ``POST /v1/segment`` (JSON answer) for ``--seconds``. Reports
+requests/s, p50 and p95 latency and every status code seen: below the server's limit
+(concurrency + queue) every request must succeed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from deeplab.system import cpu_name
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,10 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+def start(args: argparse.Namespace, port: int, workers: int) -> subprocess.Popen:
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "deeplab.cli", "serve", "--port", str(port),
-           "--concurrency", str(args.concurrency), "--queue", str(args.queue)]  # fmt: skip
+           "--concurrency", str(args.concurrency), "--queue", str(args.queue),
+           "--workers", str(workers), "--threads", str(threads)]  # fmt: skip
     if args.weights:
         cmd += ["--weights", args.weights]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -88,29 +93,35 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--queue", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    p.add_argument("--threads", type=int, help="network threads per worker (default: cores / "
+                   "workers)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes")
     p.add_argument("--weights", help="serve this file instead of the default VOC model")
     args = p.parse_args()
     photos = [f.read_bytes() for f in sorted(args.photos.glob("*.png"))[: args.count]]
-    port = free_port()
-    server = start(args, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        load(url, photos, 1, 3)  # warm-up
-        print(f"deeplab serve ({args.weights or 'default VOC model'}), concurrency "
-              f"{args.concurrency}, queue {args.queue}, {args.threads} torch threads; "
-              f"{len(photos)} photos of {args.photos}, {args.seconds:g} s per row")
-        print("| clients | requests/s | p50 ms | p95 ms | status codes |")
-        print("|---|---|---|---|---|")
-        for clients in args.clients:
-            latencies, codes, elapsed = load(url, photos, clients, args.seconds)
-            q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
-            print(f"| {clients} | {len(latencies) / elapsed:.2f} | "
-                  f"{1000 * statistics.median(latencies):.0f} | {1000 * q[18]:.0f} | "
-                  f"{dict(sorted(codes.items()))} |")
-    finally:
-        server.terminate()
-        server.wait(10)
+    print(f"deeplab serve ({args.weights or 'default VOC model'}), concurrency "
+          f"{args.concurrency} and queue {args.queue} per worker; {cpu_name()}, "
+          f"{os.cpu_count()} cores; {len(photos)} photos of {args.photos}, {args.seconds:g} s "
+          f"per row")  # fmt: skip
+    print("| workers x threads | clients | requests/s | p50 ms | p95 ms | status codes |")
+    print("|---|---|---|---|---|---|")
+    for workers in args.workers:
+        port = free_port()
+        server = start(args, port, workers)
+        url = f"http://127.0.0.1:{port}"
+        threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+        try:
+            load(url, photos, 2 * workers, 3)  # warm-up, every worker
+            for clients in args.clients:
+                latencies, codes, elapsed = load(url, photos, clients, args.seconds)
+                q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else \
+                    latencies * 19  # fmt: skip
+                print(f"| {workers} x {threads} | {clients} | {len(latencies) / elapsed:.2f} | "
+                      f"{1000 * statistics.median(latencies):.0f} | {1000 * q[18]:.0f} | "
+                      f"{dict(sorted(codes.items()))} |", flush=True)
+        finally:
+            server.terminate()
+            server.wait(20)
 
 
 if __name__ == "__main__":

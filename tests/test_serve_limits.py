@@ -242,3 +242,42 @@ def test_unsafe_or_impossible_settings_stop_at_start(argv, says, capsys, monkeyp
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+@pytest.mark.slow
+def test_workers_share_the_load_and_their_metrics_add_up(weights_dir, tmp_path):
+    """`deeplab serve --workers 2`: both processes load the model, and a scrape of either
+    counts every request (Prometheus multiprocess mode)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DEEPLAB_WEIGHTS_DIR": str(weights_dir)}
+    cmd = [sys.executable, "-m", "deeplab.cli", "serve", "--workers", "2", "--model",
+           "deeplabv3_257_mv_gpu", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+            assert time.monotonic() < deadline and proc.poll() is None
+        for _ in range(5):  # new connections: either worker may answer
+            r = httpx.post(url + "/v1/segment", files=_files(_image("PNG", (64, 48))))
+            assert r.status_code == 200
+        metrics = [httpx.get(url + "/metrics").text for _ in range(4)]
+        assert all('deeplab_requests_total{path="/v1/segment",status="200"} 5.0' in m
+                   for m in metrics), metrics[0]  # fmt: skip
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert out.count("ready in") == 2 and "with 2 worker processes" in out
