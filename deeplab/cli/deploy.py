@@ -176,8 +176,9 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=2, help="images segmented at once")
     p.add_argument("--queue", type=int, default=8, help="uploads waiting; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="request body limit")
-    p.add_argument("--max-megapixels", type=float, default=40.0,
-                   help="decoded image limit (default 40; see the README for the memory)")
+    p.add_argument("--max-megapixels", type=float, default=24.0,
+                   help="decoded image limit (default 24: at most ~550 MB a request in "
+                   "flight, measured; see the README)")
     p.add_argument("--max-side", type=int, default=2049,
                    help="longest side a network without a fixed canvas sees (default 2049)")
     p.add_argument("--deadline", type=float, default=60.0,

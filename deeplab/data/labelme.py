@@ -294,6 +294,7 @@ def mask_to_labelme(
     image_path: str,
     tolerance: float = 1.0,
     min_pixels: int = 4,
+    max_pixels: int | None = None,
 ) -> dict:
     """A label map as a labelme document: one polygon per connected region of a class,
     traced along the region's outline and simplified to within ``tolerance`` pixels.
@@ -302,13 +303,22 @@ def mask_to_labelme(
     written largest first and a region inside another (a window in a wall, a background
     hole in a person) paints over it. Class 0 regions are written too unless class 0 is
     "background" (the mask starts as class 0), then only the ones inside other regions.
-    Regions under ``min_pixels`` are left out. Needs scikit-image.
+    Regions under ``min_pixels`` are left out. ``max_pixels``: a larger map is traced at a
+    reduced size (nearest neighbour) and the points scaled back, which bounds the time and
+    memory a server spends on a huge photo. Needs scikit-image.
     """
     require("labelme", "tracing labelme polygons")
     from skimage import measure
 
     labels = np.asarray(labels)
     h, w = labels.shape
+    sy = sx = 1.0
+    if max_pixels and labels.size > max_pixels and labels.dtype == np.uint8:
+        f = (max_pixels / labels.size) ** 0.5
+        rw, rh = max(1, round(w * f)), max(1, round(h * f))
+        labels = np.asarray(Image.fromarray(labels).resize((rw, rh), Image.Resampling.NEAREST))
+        sy, sx, min_pixels = h / rh, w / rw, max(1, round(min_pixels * f * f))
+    th, tw = labels.shape
     background = "background" in class_names[0].lower()
     shapes = []
     for c in np.unique(labels):
@@ -320,15 +330,15 @@ def mask_to_labelme(
             if region.sum() < min_pixels:
                 continue
             rows, cols = np.nonzero(region)
-            on_border = rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or \
-                cols.max() == w - 1  # fmt: skip
+            on_border = rows.min() == 0 or cols.min() == 0 or rows.max() == th - 1 or \
+                cols.max() == tw - 1  # fmt: skip
             if c == 0 and background and on_border:
                 continue
             padded = np.pad(region, 1).astype(np.float32)
             contours = measure.find_contours(padded, 0.5)
             outer = max(contours, key=_polygon_area)  # the others are the region's holes
             outer = measure.approximate_polygon(outer, tolerance=tolerance)
-            points = [[float(x) - 1.0, float(y) - 1.0] for y, x in outer[:-1]]
+            points = [[(float(x) - 1.0) * sx, (float(y) - 1.0) * sy] for y, x in outer[:-1]]
             if len(points) >= 3:
                 shapes.append((_polygon_area(outer), {
                     "label": class_names[int(c)], "points": points, "group_id": None,

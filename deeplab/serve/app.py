@@ -317,7 +317,9 @@ def _respond(pred: Prediction, ask: Ask) -> Response:
             "classes": [{"name": n, "share": s} for n, s in pred.shares().items()],
         }  # fmt: skip
         if ask.polygons:
-            body["shapes"] = mask_to_labelme(labels, pred.class_names, image_path="")["shapes"]
+            # Traced on at most 2 megapixels: points scaled back, time and memory bounded.
+            body["shapes"] = mask_to_labelme(labels, pred.class_names, image_path="",
+                                             max_pixels=2_000_000)["shapes"]  # fmt: skip
         if ask.raw_labels:
             body["labels"] = base64.b64encode(labels.astype(np.uint8).tobytes()).decode()
         return JSONResponse(body)

@@ -39,7 +39,9 @@ class Limits:
     concurrency: int = 2  # images segmented at the same time
     queue: int = 8  # uploads that may be read or wait for a slot; more get 503
     max_upload_mb: float = 20.0  # request body, chunked or not
-    max_pixels: int = 40_000_000  # decoded image; above: 400 (a decompression bomb)
+    # Decoded image; above: 400. A 24-megapixel photo took at most 545 MB in flight (portrait
+    # output, default VOC model; benchmarks/bench_serve_memory.py).
+    max_pixels: int = 24_000_000
     max_side: int | None = 2049  # the longest side a network without a canvas sees
     deadline_s: float = 60.0  # queue + segmenting + encoding; then 504
     body_timeout_s: float = 30.0  # a body that stalls this long between chunks: 408
