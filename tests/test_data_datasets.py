@@ -251,3 +251,11 @@ def test_eval_loader_with_variable_sizes_at_batch_one(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=pad_collate)
     shapes = [tuple(y.shape) for _, y in loader]
     assert shapes == [(1, 6, 8), (1, 9, 5)]
+
+
+def test_a_split_can_be_the_union_of_two(camvid_dir):
+    """`train+val`: both lists, one after the other (a recipe's final model)."""
+    both = build_dataset("camvid", root=camvid_dir, split="train+val")
+    train = build_dataset("camvid", root=camvid_dir, split="train")
+    val = build_dataset("camvid", root=camvid_dir, split="val")
+    assert both.pairs == train.pairs + val.pairs and len(both) == 468

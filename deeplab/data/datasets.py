@@ -383,26 +383,32 @@ def build_dataset(
     folder ``images`` and mask folder ``masks`` (relative to ``root``; defaults:
     ``images``/``masks``, or ``JPEGImages``/``SegmentationClass`` as written by
     ``deeplab labelme2voc``), with a ``<split>`` subfolder when there is one; without split
-    subfolders or list files every split is the whole folder.
+    subfolders or list files every split is the whole folder. ``split="train+val"``: the
+    pairs of both splits, one after the other (the final model of a recipe, trained on
+    everything labelled, as before a test set).
     """
     root = Path(root)
     info = dataset_info(name, class_names=class_names, num_classes=num_classes, root=root)
+    pairs = [pair for part in split.split("+")
+             for pair in _split_pairs(name, root, part.strip(), images, masks)]  # fmt: skip
     if mask_map:
         given = lookup_table({int(k): int(v) for k, v in mask_map.items()})
         then = info.lookup or tuple(range(256))
         info = dataclasses.replace(info, lookup=tuple(then[v] for v in given))
-    if name == "voc":
-        pairs = voc_pairs(root, split)
-    elif name == "cityscapes":
-        pairs = cityscapes_pairs(root, split)
-    elif name == "ade20k":
-        pairs = ade20k_pairs(root, split)
-    elif name == "camvid":
-        pairs = camvid_pairs(root, split)
-    elif (root / f"{split}.txt").is_file() and images is None:
-        pairs = list_pairs(root / f"{split}.txt", root=root)
-    else:
-        pairs = folder_pairs(*folder_dirs(root, split, images, masks))
     return SegmentationDataset(pairs, info, transform, seed=seed)
+
+
+def _split_pairs(name: str, root: Path, split: str, images, masks) -> list[Pair]:
+    if name == "voc":
+        return voc_pairs(root, split)
+    if name == "cityscapes":
+        return cityscapes_pairs(root, split)
+    if name == "ade20k":
+        return ade20k_pairs(root, split)
+    if name == "camvid":
+        return camvid_pairs(root, split)
+    if (root / f"{split}.txt").is_file() and images is None:
+        return list_pairs(root / f"{split}.txt", root=root)
+    return folder_pairs(*folder_dirs(root, split, images, masks))
 
 
