@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from deeplab import hub, viz
 from deeplab.checkpoint import ModelInfo
 from deeplab.crf import dense_crf
+from deeplab.crf import prepare as prepare_crf
 from deeplab.data.images import ImageInput, read_image
 from deeplab.data.labels import Palette
 from deeplab.data.transforms import as_size
@@ -184,6 +185,8 @@ class Segmenter:
         self.flip = flip
         self.crf = crf
         self.crf_options = dict(crf_options or {})
+        if crf and self.device.type == "cpu":
+            prepare_crf()  # numba loads beside the model's first run, not after it
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.batch_size = batch_size

@@ -41,7 +41,13 @@ from deeplab.crf import compiled as _compiled
 from deeplab.crf import lattice as _lattice
 from deeplab.crf.lattice import PermutohedralLattice, unary_from_probs
 
-__all__ = ["PermutohedralLattice", "check_options", "clear_cache", "dense_crf", "unary_from_probs"]
+__all__ = ["PermutohedralLattice", "check_options", "clear_cache", "dense_crf", "prepare",
+           "unary_from_probs"]
+
+
+def prepare() -> None:
+    """Start loading the compiled CRF in the background (``compiled.prepare``)."""
+    _compiled.prepare()
 
 
 def clear_cache() -> None:

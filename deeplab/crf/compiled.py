@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,8 +276,25 @@ def _prange(n):  # replaced by numba.prange when compiled
 _NUMBA: dict | None = None
 
 
+_LOADING = threading.Lock()
+
+
 def compiled() -> dict | None:
-    """The loops above compiled by numba (cached on disk), or None without numba."""
+    """The loops above compiled by numba (cached on disk), or None without numba. Safe to
+    call from several threads: one loads, the others wait (``prepare``)."""
+    with _LOADING:
+        return _load()
+
+
+def prepare() -> None:
+    """Load the compiled loops in a background thread: numba's import, its cache and its
+    threads took about 0.5 s of a process's first CRF image; a segmenter made with the CRF
+    starts this while its model loads and runs, and the first image waits only for what
+    is left."""
+    threading.Thread(target=compiled, name="deeplab-crf-load", daemon=True).start()
+
+
+def _load() -> dict | None:
     global _NUMBA
     if _NUMBA is None:
         if not available("crf"):
