@@ -9,7 +9,8 @@ that sees this interpreter's packages through a ``.pth`` line (torch is not down
 again) and gets the wheel with the ``export,video,serve,labelme`` extras; then, in an empty
 temporary folder: ``deeplab --version`` and ``env``, ``examples --out``, ``predict`` on a
 photo (and with ``--portrait``), ``export`` with its default check on the shipped photos,
-the own-data walk-through (``labelme2voc``, ``check-data``, ``train -c own_data`` for a
+``export --int8`` and ``--format web`` (the wheel carries the browser runtime), the
+own-data walk-through (``labelme2voc``, ``check-data``, ``train -c own_data`` for a
 few steps, ``eval`` of the checkpoint, ``predict --labelme``), ``train -c
 camvid_v3plus_mobilenetv2`` by recipe name on a tiny CamVid-layout dataset written here,
 ``serve`` answering ``/healthz`` and one ``POST /v1/segment``, and ``predict`` on a short
@@ -190,6 +191,12 @@ def main() -> int:
             expect="parity with PyTorch: passed")  # fmt: skip
         run(deeplab + ["predict", "photos/coffee.jpg", "--weights", "model.onnx", "--out", "o2"],
             cwd=work, env=env)  # fmt: skip
+        run(deeplab + ["export", "--int8", "--calibrate", "photos", "--out", "model_int8.onnx"],
+            cwd=work, env=env, expect="as int8")  # fmt: skip
+        run(deeplab + ["export", "--model", "deeplabv3_257_mv_gpu", "--format", "web", "--out",
+                       "site"], cwd=work, env=env, expect="exported as a web page")
+        if not (work / "site" / "ort" / "LICENSE").is_file():
+            raise Failed("the web export carries no browser runtime (the wheel lacks it)")
         # Own data: labelme -> index masks -> check -> train (recipe by name) -> eval -> predict
         if args.labelme.is_dir():
             shutil.copytree(args.labelme, work / "my_jsons")
