@@ -7,7 +7,8 @@ Exports the checkpoint (labels contract: uint8 in, labels out), quantizes it wit
 recipe variant (per-channel or per-tensor weights, min-max / percentile / entropy
 calibration, first and last convolutions in float or not) on ``--calibrate`` CamVid
 *training* frames, evaluates float and every int8 file on the val split with
-``deeplab.evaluate`` (val is never used to calibrate), and times each file with
+``deeplab.quantize.miou``, as ``deeplab export --int8`` scores (val is never used to
+calibrate), and times each file with
 onnxruntime on the same frames and thread count. One table row per file; ``--only``
 restricts the variants (e.g. ``--only default``) to time the chosen recipe alone.
 """
@@ -23,9 +24,14 @@ from pathlib import Path
 import torch
 
 from deeplab.data.images import read_image
-from deeplab.evaluate import evaluate_dataset
 from deeplab.export import export, model_to_export
-from deeplab.quantize import Int8Recipe, label_agreement, ms_per_image, quantize_onnx
+from deeplab.quantize import (
+    Int8Recipe,
+    LabelledSplit,
+    label_agreement,
+    ms_per_image,
+    quantize_onnx,
+)
 from deeplab.system import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,10 +68,10 @@ def main() -> None:
     model, info = model_to_export(weights=args.weights)
     float_path, _ = export(model, info, tmp / "float.onnx", check=False)
 
-    def score(path: Path) -> float:
-        run = evaluate_dataset(dataset="camvid", data_root=str(args.camvid), split=args.split,
-                               weights=str(path), progress=False, runtime="torch")  # fmt: skip
-        return 100 * run.results["miou"]
+    labelled = LabelledSplit("camvid", args.camvid, args.split)
+
+    def score(path: Path) -> float:  # as `deeplab export --int8` scores its files
+        return 100 * miou(path, labelled, info.num_classes)
 
     base = score(float_path)
     base_ms = ms_per_image(float_path, timing, threads=args.threads)

@@ -376,10 +376,13 @@ class NHWCGraph(nn.Module):
 
 
 def export_tflite(
-    model: nn.Module, info: ModelInfo, out: str | Path, *, input_size: tuple[int, int] | None
+    model: nn.Module, info: ModelInfo, out: str | Path, *, input_size: tuple[int, int] | None,
+    calibration: list[np.ndarray] | None = None,
 ) -> Path:
-    """Write ``model`` as a float32 .tflite file of fixed input size (the model's canvas, else
-    ``input_size``, else 513x513), with ``<out>.json`` holding its ``ModelInfo``."""
+    """Write ``model`` as a .tflite file of fixed input size (the model's canvas, else
+    ``input_size``, else 513x513), with ``<out>.json`` holding its ``ModelInfo``: float32,
+    or with ``calibration`` photos full integer (int8 in and out, per-channel weights;
+    litert-torch's post-training quantization, observed on those photos)."""
     require("tflite", "TFLite export", ("litert_torch",))
     import litert_torch
 
@@ -387,18 +390,49 @@ def export_tflite(
     out.parent.mkdir(parents=True, exist_ok=True)
     size = tuple(input_size or info.input_size or (513, 513))
     graph = NHWCGraph(model.float().eval()).eval()
+    example = (torch.zeros(1, *size, 3),)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            edge = litert_torch.convert(graph, (torch.zeros(1, *size, 3),))
+            if calibration:
+                graph, options = _quantized_pt2e(graph, example, calibration,
+                                                 replace(info, input_size=size))  # fmt: skip
+            else:
+                options = {}
+            edge = litert_torch.convert(graph, example, **options)
         edge.export(str(out))
     except Exception as e:
         raise ExportError(f"{info.arch} could not be converted to TFLite ({type(e).__name__}: "
                           f"{str(e).splitlines()[0]})") from None  # fmt: skip
     model.eval()
-    sidecar = {**info.to_dict(), "input_size": list(size), "layout": "NHWC logits"}
+    sidecar = {**info.to_dict(), "input_size": list(size), "layout": "NHWC logits",
+               "int8": bool(calibration)}  # fmt: skip
     Path(f"{out}.json").write_text(json.dumps(sidecar, indent=1) + "\n")
     return out
+
+
+def _quantized_pt2e(graph: nn.Module, example: tuple, photos: list[np.ndarray],
+                    info: ModelInfo) -> tuple[nn.Module, dict]:  # fmt: skip
+    """PyTorch 2 export quantization with litert-torch's quantizer: symmetric int8,
+    per-channel weights, static activations observed on ``photos``."""
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:  # older stacks keep it in torch.ao
+        from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    prepared = prepare_pt2e(torch.export.export(graph, example).module(), quantizer)
+    with torch.no_grad():
+        for photo in photos:
+            prepared(network_input(photo, info).permute(0, 2, 3, 1).contiguous())
+    return convert_pt2e(prepared, fold_quantize=False), {
+        "quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
 
 def tflite_interpreter(path: str | Path, *, threads: int | None = None):

@@ -15,6 +15,8 @@ DeepLab-v3+ MobileNetV2. ``compare`` scores float and int8 side by side.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import statistics
 import tempfile
@@ -24,9 +26,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from deeplab.export import ExportError, export, onnx_session, read_metadata
+from deeplab.data.datasets import build_dataset, read_mask
+from deeplab.data.images import read_image
+from deeplab.export import (
+    ExportError,
+    export,
+    export_tflite,
+    onnx_session,
+    read_metadata,
+    tflite_interpreter,
+)
 from deeplab.extras import require
+from deeplab.metrics import ConfusionMatrix
 
 # The network's operators quantized; the pre- and post-processing of the contract (cast,
 # normalisation, pad, resize, argmax) stays in float.
@@ -96,7 +109,8 @@ def quantize_onnx(float_path: str | Path, out: str | Path, photos: Sequence[np.n
               "entropy": CalibrationMethod.Entropy}[recipe.method]  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    # onnxruntime's calibrators print a line per photo (print(), not logging): kept quiet.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         raw = Path(tmp) / "int8.onnx"
         quantize_static(str(float_path), str(raw), CalibrationPhotos(photos),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(NETWORK_OPS),
@@ -120,31 +134,98 @@ def quantize_onnx(float_path: str | Path, out: str | Path, photos: Sequence[np.n
     return out
 
 
+class OnnxLabeler:
+    """A labels-contract ONNX file: ``labels(rgb)`` at the photo's size."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.session = onnx_session(path, threads=threads)
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        return self.session.run(["labels"], {"image": np.ascontiguousarray(rgb)[None]})[0][0]
+
+
+class TfliteLabeler:
+    """An exported .tflite file (fixed size, NHWC logits; float or int8 in and out) in
+    Google's interpreter: the photo resized to the file's size and normalised as its
+    sidecar says, quantized when the input is, the argmax resized back (nearest)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        self.interpreter = tflite_interpreter(path, threads=threads)
+        sidecar = json.loads(Path(f"{path}.json").read_text())
+        (self.inp,), (self.out,) = (self.interpreter.get_input_details(),
+                                    self.interpreter.get_output_details())  # fmt: skip
+        self.size = tuple(int(v) for v in self.inp["shape"][1:3])
+        self.mean = np.asarray(sidecar["mean"], np.float32)
+        self.std = np.asarray(sidecar["std"], np.float32)
+
+    def labels(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        resized = Image.fromarray(rgb).resize(self.size[::-1], Image.Resampling.BILINEAR)
+        x = (np.asarray(resized, np.float32) - self.mean) / self.std
+        scale, zero = self.inp["quantization"]
+        if self.inp["dtype"] != np.float32:  # a full-integer model takes quantized input
+            x = np.clip(np.round(x / scale + zero), -128, 127)
+        self.interpreter.set_tensor(self.inp["index"], x[None].astype(self.inp["dtype"]))
+        self.interpreter.invoke()
+        scores = self.interpreter.get_tensor(self.out["index"])[0]
+        labels = scores.argmax(-1).astype(np.uint8)  # the dequantization keeps the order
+        return np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
+
+
+def labeler(path: str | Path, *, threads: int | None = None):
+    return TfliteLabeler(path, threads=threads) if str(path).endswith(".tflite") else \
+        OnnxLabeler(path, threads=threads)  # fmt: skip
+
+
 def ms_per_image(path: str | Path, photos: Sequence[np.ndarray], *, threads: int,
                  repeats: int = 3) -> float:  # fmt: skip
-    """Median milliseconds of one labels-contract run per photo (after a warm-up)."""
-    session = onnx_session(path, threads=threads)
+    """Median milliseconds of one file's run per photo (after a warm-up)."""
+    run = labeler(path, threads=threads)
     for photo in photos[:2]:
-        session.run(["labels"], {"image": photo[None]})
+        run.labels(photo)
     times = []
     for _ in range(repeats):
         for photo in photos:
             start = time.perf_counter()
-            session.run(["labels"], {"image": photo[None]})
+            run.labels(photo)
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
 def label_agreement(a: str | Path, b: str | Path, photos: Sequence[np.ndarray]) -> float:
-    """Share of pixels two labels-contract files label alike on ``photos``."""
-    sa, sb = onnx_session(a), onnx_session(b)
+    """Share of pixels two files label alike on ``photos``."""
+    ra, rb = labeler(a), labeler(b)
     same = total = 0
     for photo in photos:
-        la = sa.run(["labels"], {"image": photo[None]})[0]
-        lb = sb.run(["labels"], {"image": photo[None]})[0]
+        la, lb = ra.labels(photo), rb.labels(photo)
         same += int((la == lb).sum())
         total += la.size
     return same / max(total, 1)
+
+
+class LabelledSplit:
+    """A dataset split's (photo, mask) pairs, read each time it is iterated (the float
+    and the int8 file are scored one after the other, without holding the split)."""
+
+    def __init__(self, dataset: str, root: str | Path, split: str, **options) -> None:
+        self.data = build_dataset(dataset, root=root, split=split, **options)
+        self.name = f"{dataset} {split}, {len(self.data.pairs)} images"
+
+    def __len__(self) -> int:
+        return len(self.data.pairs)
+
+    def __iter__(self):
+        for image, mask in self.data.pairs:
+            yield read_image(image), read_mask(mask, self.data.info)
+
+
+def miou(path: str | Path, pairs, num_classes: int) -> float:
+    """Mean IoU of a file on (photo, mask) pairs (the VOC measure: one confusion matrix)."""
+    run = labeler(path)
+    cm = ConfusionMatrix(num_classes)
+    for rgb, mask in pairs:
+        cm.update(run.labels(rgb), mask)
+    return float(cm.compute()["miou"])
 
 
 @dataclass
@@ -187,22 +268,34 @@ class Int8Report:
 
 def export_int8(model, info, out: str | Path, *, calibration: Sequence[np.ndarray],
                 recipe: Int8Recipe = Int8Recipe(), timing: Sequence[np.ndarray],
-                evaluate=None, scored_on: str = "", max_drop: float = 1.0,
-                threads: int = 2) -> Int8Report:  # fmt: skip
-    """Export ``model`` (labels contract), quantize it on ``calibration`` photos into
-    ``out``, time both files on ``timing`` photos, and score both with ``evaluate(path) ->
-    mIoU`` when given (labelled data), else compare their labels on ``timing``."""
+                labelled: LabelledSplit | None = None,
+                scored_on: str = "", max_drop: float = 1.0, threads: int = 2,
+                format: str = "onnx", input_size: tuple[int, int] | None = None,
+                ) -> Int8Report:  # fmt: skip
+    """Export ``model`` in float and quantize it on ``calibration`` photos into ``out``
+    (``format`` onnx: the labels contract, static QDQ; tflite: full integer), time both
+    files on ``timing`` photos, and score both on ``labelled`` (photo, mask) pairs when
+    given, else compare their labels on ``timing``."""
     with tempfile.TemporaryDirectory() as tmp:
-        float_path, _ = export(model, info, Path(tmp) / "float.onnx")  # checked on photos
-        path = quantize_onnx(float_path, out, calibration, recipe=recipe)
-        report = Int8Report(path=path, float_mb=float_path.stat().st_size / 1e6,
-                            int8_mb=path.stat().st_size / 1e6,
+        if format == "onnx":
+            float_path, _ = export(model, info, Path(tmp) / "float.onnx")  # checked on photos
+            path = quantize_onnx(float_path, out, calibration, recipe=recipe)
+        elif format == "tflite":
+            float_path = export_tflite(model, info, Path(tmp) / "float.tflite",
+                                       input_size=input_size)  # fmt: skip
+            path = export_tflite(model, info, out, input_size=input_size,
+                                 calibration=list(calibration))  # fmt: skip
+        else:
+            raise ExportError(f"--int8 writes onnx or tflite, not {format}")
+        report = Int8Report(path=Path(path), float_mb=float_path.stat().st_size / 1e6,
+                            int8_mb=Path(path).stat().st_size / 1e6,
                             float_ms=ms_per_image(float_path, timing, threads=threads),
                             int8_ms=ms_per_image(path, timing, threads=threads),
                             photos=len(calibration), scored_on=scored_on,
                             max_drop=max_drop)  # fmt: skip
-        if evaluate is not None:
-            report.float_miou, report.int8_miou = evaluate(float_path), evaluate(path)
+        if labelled:
+            report.float_miou = miou(float_path, labelled, info.num_classes)
+            report.int8_miou = miou(path, labelled, info.num_classes)
         else:
             report.agreement = label_agreement(float_path, path, timing)
     return report

@@ -245,7 +245,8 @@ def test_int8_export_is_judged_by_miou_and_runs_everywhere(camvid_checkpoint, la
             "--out", str(out)]  # fmt: skip
     assert main([*args, "--eval-data", str(labelled), "--max-drop", "100"]) == 0
     said = capsys.readouterr().out
-    assert "as int8, calibrated on 3 photos" in said and "mIoU (folder val)" in said
+    assert "as int8, calibrated on 3 photos" in said and "mIoU (folder val, 3 images)" in said
+    assert "Collecting tensor data" not in said  # onnxruntime's calibration prints, silenced
     assert "within the 100-point limit" in said
     float_mb, int8_mb = (float(line.split("|")[-2]) for line in said.splitlines()
                          if line.startswith(("| float", "| int8")))  # fmt: skip
@@ -268,19 +269,13 @@ def test_int8_export_is_judged_by_miou_and_runs_everywhere(camvid_checkpoint, la
 @pytest.mark.slow
 def test_int8_over_the_limit_exits_1_and_keeps_the_file(camvid_checkpoint, labelled, tmp_path,
                                                         capsys, monkeypatch):  # fmt: skip
-    import deeplab.evaluate as evaluate
+    import deeplab.quantize as quantize
 
-    real = evaluate.evaluate_dataset
+    def scored(path, pairs, num_classes):  # the int8 file scores 3 points under the float one
+        assert len(list(pairs)) == 3
+        return 0.30 if "int8" in str(path) else 0.33
 
-    def scored(**kwargs):  # the int8 file scores 3 points under the float one
-        run = real(**kwargs)
-        if "int8" in kwargs["weights"].rsplit("/", 1)[-1]:
-            run.results["miou"] = 0.30
-        else:
-            run.results["miou"] = 0.33
-        return run
-
-    monkeypatch.setattr(evaluate, "evaluate_dataset", scored)
+    monkeypatch.setattr(quantize, "miou", scored)
     out = tmp_path / "m_int8.onnx"
     assert main(["export", "--weights", str(camvid_checkpoint), "--int8", "--calibrate",
                  str(PHOTOS), "--out", str(out), "--eval-data", str(labelled),
@@ -297,3 +292,22 @@ def read_metadata_classes(checkpoint):
     from deeplab.checkpoint import info_of, read
 
     return info_of(read(checkpoint)).class_names
+
+
+@pytest.mark.slow
+def test_tflite_int8_is_full_integer_and_scored_like_onnx(camvid_checkpoint, labelled, tmp_path,
+                                                         capsys):  # fmt: skip
+    pytest.importorskip("litert_torch", reason="TFLite export needs litert-torch; CI has it")
+    from deeplab.quantize import TfliteLabeler
+
+    out = tmp_path / "m_int8.tflite"
+    assert main(["export", "--weights", str(camvid_checkpoint), "--format", "tflite", "--int8",
+                 "--calibrate", str(PHOTOS), "--input-size", "129", "--out", str(out),
+                 "--eval-data", str(labelled), "--max-drop", "100"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "mIoU (folder val, 3 images)" in said and "as int8" in said
+    run = TfliteLabeler(out)
+    assert str(run.inp["dtype"]).endswith("int8'>") and run.size == (129, 129)
+    labels = run.labels(np.asarray(Image.open(PHOTOS / "coffee.jpg").convert("RGB")))
+    assert labels.shape == (400, 600) and labels.max() < 11
+    assert json.loads((tmp_path / "m_int8.tflite.json").read_text())["int8"] is True

@@ -58,6 +58,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.format == "tflite":
         require("tflite", "TFLite export")
+        if args.int8:
+            require("export", "int8 export's check", ("onnxruntime",))
     else:
         # onnxruntime runs the check and the int8 calibration; onnx alone writes a file
         require("export", "ONNX export", ("onnx",) if args.no_check and not args.int8 else None)
@@ -111,36 +113,33 @@ def _export_int8(args: argparse.Namespace, model, info) -> int:
 
     from deeplab.config import load_config
     from deeplab.data.images import find_images, read_image
-    from deeplab.evaluate import evaluate_dataset
-    from deeplab.quantize import export_int8
+    from deeplab.quantize import LabelledSplit, export_int8
 
-    if args.format != "onnx" or args.raw or args.probabilities:
-        raise ValueError("--int8 writes the ONNX labels contract: drop --format tflite, --raw "
-                         "and --probabilities")  # fmt: skip
+    if args.raw or args.probabilities or args.format == "web":
+        raise ValueError("--int8 writes the ONNX labels contract or a TFLite file: drop --raw, "
+                         "--probabilities and --format web")  # fmt: skip
     found = find_images([args.calibrate])
     if not found:
         raise ValueError(f"--calibrate {args.calibrate}: no photos there")
     chosen = found[:: max(1, len(found) // args.calibrate_count)][: args.calibrate_count]
     calibration = [read_image(p) for p in chosen]
-    scorer, scored_on, timing = None, "", calibration[:8]
     cfg = load_config(args.config, args.overrides) if args.config else None
-    dataset = args.eval_dataset if args.eval_data else (cfg.data.dataset if cfg else None)
-    root = args.eval_data or (cfg.data.root if cfg else None)
-    split = args.split if args.eval_data else (cfg.data.val_split if cfg else None)
-    if root and dataset and split:
-        def scorer(path):
-            return evaluate_dataset(dataset=dataset, data_root=root, split=split, config=cfg,
-                                    weights=str(path), runtime="torch",
-                                    progress=False).results["miou"]  # fmt: skip
-
-        scored_on = f"{dataset} {split}"
+    labelled = None
+    if args.eval_data:
+        labelled = LabelledSplit(args.eval_dataset, args.eval_data, args.split)
+    elif cfg is not None and cfg.data.root and cfg.data.val_split:
+        labelled = LabelledSplit(cfg.data.dataset, cfg.data.root, cfg.data.val_split,
+                                 **dict(cfg.data.options))  # fmt: skip
+    timing = [read_image(image) for image, _ in labelled.data.pairs[:8]] if labelled \
+        else calibration[:8]  # fmt: skip
     report = export_int8(model, info, args.out, calibration=calibration, timing=timing,
-                         evaluate=scorer, scored_on=scored_on, max_drop=args.max_drop,
-                         threads=torch.get_num_threads())  # fmt: skip
+                         labelled=labelled, scored_on=labelled.name if labelled else "",
+                         max_drop=args.max_drop, threads=torch.get_num_threads(),
+                         format=args.format, input_size=args.input_size)  # fmt: skip
     print(f"{info.arch} ({info.num_classes} classes) exported to {report.path} as int8, "
           f"calibrated on {report.photos} photos of {args.calibrate}")
     print(report.table())
-    speed = f"{report.float_ms / report.int8_ms:.2f}x the speed of float onnxruntime"
+    speed = f"{report.float_ms / report.int8_ms:.2f}x the speed of the float file"
     if report.drop is None:
         print(f"{speed}; accuracy unchecked: labels agree with the float model on "
               f"{100 * report.agreement:.2f}% of pixels, which says little about an 8-bit "
@@ -148,9 +147,9 @@ def _export_int8(args: argparse.Namespace, model, info) -> int:
               "measure the mIoU it costs")  # fmt: skip
         return 0
     verdict = "within" if report.ok else "OVER"
-    print(f"{speed}; int8 costs {report.drop:.2f} mIoU points on {scored_on}, {verdict} the "
-          f"{args.max_drop:g}-point limit" + ("" if report.ok else f"; the file is kept for "
-                                             f"inspection: {report.path}"))  # fmt: skip
+    print(f"{speed}; int8 costs {report.drop:.2f} mIoU points on {report.scored_on}, {verdict} "
+          f"the {args.max_drop:g}-point limit" + ("" if report.ok else f"; the file is kept "
+                                                 f"for inspection: {report.path}"))  # fmt: skip
     return 0 if report.ok else 1
 
 
