@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 from _helpers import PHOTOS
+from _helpers.serving import serve_command
 from PIL import Image
 
 from deeplab.cli import main
@@ -54,29 +52,9 @@ def camera(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(weights_dir):
-    import httpx
-
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "DEEPLAB_WEIGHTS_DIR": str(weights_dir), "DEEPLAB_SERVE_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "deeplab.cli", "serve", "--port", str(port),
-                             "--model", MODEL], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"deeplab serve did not start: {proc.stdout.read()}")
-        time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}/"
-    proc.terminate()
-    proc.wait(10)
+    env = {"DEEPLAB_WEIGHTS_DIR": str(weights_dir), "DEEPLAB_SERVE_TOKEN": TOKEN}
+    with serve_command(["--model", MODEL], env) as (url, _):
+        yield url + "/"
 
 
 def _browser(p, camera):

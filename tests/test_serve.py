@@ -5,22 +5,18 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from _helpers import PHOTOS
+from _helpers.serving import serve_command, toy_segmenter
 from fastapi.testclient import TestClient  # noqa: E402
 
 from deeplab.inference import Segmenter  # noqa: E402
@@ -31,19 +27,8 @@ ASTRONAUT = PHOTOS / "astronaut.jpg"
 TOKEN = "page-test-token-0123456789"
 
 
-class Brightness(nn.Module):
-    """Class 0 where the image is dark, 1 where it is bright, 2 in between."""
-
-    num_classes = 3
-
-    def forward(self, x):
-        v = x.mean(1, keepdim=True)
-        return torch.cat([-v, v, -(v.abs())], 1) * 10
-
-
 def _segmenter() -> Segmenter:
-    return Segmenter(Brightness(), mean=(127.5,) * 3, std=(127.5,) * 3,
-                     class_names=("night", "day", "dusk"))  # fmt: skip
+    return toy_segmenter()
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -145,38 +130,15 @@ def test_beyond_the_queue_requests_get_503_and_none_is_lost(monkeypatch):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(weights_dir):
     """`deeplab serve` with the default VOC model, started as a user would."""
     if not (weights_dir / "deeplabv3_mnv2_pascal_quant.tflite").is_file():
         pytest.skip("the default VOC model is not in the weights folder")
-    port = _free_port()
-    env = {**os.environ, "DEEPLAB_WEIGHTS_DIR": str(weights_dir), "OMP_NUM_THREADS": "2"}
-    env["DEEPLAB_SERVE_TOKEN"] = TOKEN  # as an operator would set it
-    proc = subprocess.Popen([sys.executable, "-m", "deeplab.cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    import httpx
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"deeplab serve did not start: {proc.stdout.read()}")
-        time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    env = {"DEEPLAB_WEIGHTS_DIR": str(weights_dir), "OMP_NUM_THREADS": "2",
+           "DEEPLAB_SERVE_TOKEN": TOKEN}  # as an operator would set it  # fmt: skip
+    with serve_command([], env) as (url, _):
+        yield url
 
 
 @pytest.mark.slow

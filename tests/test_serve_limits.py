@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn as nn
 from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
+from _helpers.serving import serve_command, toy_segmenter  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from deeplab.cli import main  # noqa: E402
@@ -30,26 +29,8 @@ from deeplab.serve.guard import Access, Limits  # noqa: E402
 TOKEN = "correct-horse-battery-staple"
 
 
-class Brightness(nn.Module):
-    num_classes = 3
-
-    def forward(self, x):
-        v = x.mean(1, keepdim=True)
-        return torch.cat([-v, v, -(v.abs())], 1) * 10
-
-
 def _segmenter(delay: float = 0.0) -> Segmenter:
-    seg = Segmenter(Brightness(), mean=(127.5,) * 3, std=(127.5,) * 3,
-                    class_names=("night", "day", "dusk"))  # fmt: skip
-    if delay:
-        predict = seg.predict
-
-        def slow(image, **kwargs):
-            time.sleep(delay)
-            return predict(image, **kwargs)
-
-        seg.predict = slow
-    return seg
+    return toy_segmenter(delay)
 
 
 def _image(fmt: str = "PNG", size=(24, 16)) -> bytes:
@@ -248,36 +229,17 @@ def test_unsafe_or_impossible_settings_stop_at_start(argv, says, capsys, monkeyp
 def test_workers_share_the_load_and_their_metrics_add_up(weights_dir, tmp_path):
     """`deeplab serve --workers 2`: both processes load the model, and a scrape of either
     counts every request (Prometheus multiprocess mode)."""
-    import subprocess
-    import sys
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "DEEPLAB_WEIGHTS_DIR": str(weights_dir)}
-    cmd = [sys.executable, "-m", "deeplab.cli", "serve", "--workers", "2", "--model",
-           "deeplabv3_257_mv_gpu", "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-            assert time.monotonic() < deadline and proc.poll() is None
+    env = {"DEEPLAB_WEIGHTS_DIR": str(weights_dir)}
+    args = ["--workers", "2", "--model", "deeplabv3_257_mv_gpu"]
+    with serve_command(args, env) as (url, proc):
         for _ in range(5):  # new connections: either worker may answer
             r = httpx.post(url + "/v1/segment", files=_files(_image("PNG", (64, 48))))
             assert r.status_code == 200
         metrics = [httpx.get(url + "/metrics").text for _ in range(4)]
         assert all('deeplab_requests_total{path="/v1/segment",status="200"} 5.0' in m
                    for m in metrics), metrics[0]  # fmt: skip
-    finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert out.count("ready in") == 2 and "with 2 worker processes" in out
