@@ -198,8 +198,10 @@ def test_every_request_gets_an_access_log_line_and_metrics(caplog):
         client.post("/v1/segment", files=_files(b"not an image"))
         client.get("/no/such/page")
         metrics = client.get("/metrics").text
+        client.get("/x%0A127.0.0.1 \"GET /admin\" 200")  # a forged line, escaped
     lines = [r.getMessage() for r in caplog.records if r.name == "deeplab.serve.access"]
-    assert len(lines) == 5
+    assert len(lines) == 6 and all("\n" not in line for line in lines)
+    assert '/x\\n127.0.0.1' in lines[5]
     assert '"GET /healthz" 200' in lines[0] and " ms " in lines[0] and lines[0].endswith(" B")
     assert '"POST /v1/segment" 200' in lines[1] and '"POST /v1/segment" 400' in lines[2]
     assert 'deeplab_requests_total{path="/v1/segment",status="200"} 1.0' in metrics

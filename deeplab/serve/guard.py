@@ -163,8 +163,9 @@ class Guard:
             seconds = time.perf_counter() - start
             self.metrics.observe(path, sent["status"], seconds)
             client = (scope.get("client") or ("-", 0))[0]
+            shown = repr(path)[1:-1]  # a decoded %0A must not start a forged log line
             access_log.info('%s "%s %s" %d %.1f ms %d B', client, scope.get("method", "WS"),
-                            path, sent["status"], 1000 * seconds, sent["bytes"])  # fmt: skip
+                            shown, sent["status"], 1000 * seconds, sent["bytes"])  # fmt: skip
 
     def _refusal(self, scope: Scope, path: str) -> tuple[int, str] | None:
         if self.access.hosts is not None:
