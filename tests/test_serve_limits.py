@@ -245,3 +245,15 @@ def test_workers_share_the_load_and_their_metrics_add_up(weights_dir, tmp_path):
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert out.count("ready in") == 2 and "with 2 worker processes" in out
+
+
+def test_served_models_are_named_by_entry_file_or_name(tmp_path):
+    from deeplab.serve.run import model_names
+
+    odd = tmp_path / "lr=0.01" / "best.pt"
+    odd.parent.mkdir()
+    odd.write_bytes(b"")
+    named = model_names(["deeplabv3_257_mv_gpu"], ["camvid=runs/a/best.pt", str(odd)])
+    assert named == {"deeplabv3_257_mv_gpu": ("deeplabv3_257_mv_gpu", None),
+                     "camvid": (None, "runs/a/best.pt"), "best": (None, str(odd))}  # fmt: skip
+    assert model_names([], []) == {"default": (None, None)}

@@ -39,7 +39,8 @@ def model_names(models: list[str], weights: list[str]) -> dict[str, tuple[str | 
     choices = [(m, (m, None)) for m in models]
     for w in weights:
         name, sep, path = w.partition("=")
-        name, path = (name, path) if sep and path else (Path(w).stem, w)
+        if not sep or not path or Path(w).exists():  # runs/lr=0.01/best.pt is a path
+            name, path = Path(w).stem, w
         choices.append((name, (None, path)))
     if not choices:
         choices = [("default", (None, None))]
