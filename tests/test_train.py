@@ -44,6 +44,7 @@ def test_time_driven_schedule_ends_at_the_end_of_its_decay():
     def step(i):
         lrs.append(opt.param_groups[0]["lr"])
         now[0] += 0.5
+        opt.step()
         sched.step()
         return {"loss": 1.0}
 
