@@ -11,8 +11,11 @@ PyTorch fp32 (NCHW and channels-last), PyTorch bf16 autocast, onnxruntime fp32 (
 file and on ours (``deeplab export --format tflite``, made where litert-torch installs);
 label agreement of each with PyTorch fp32 on real photos. Then ``deeplab predict`` end to
 end (decode, segment, write the three output files) on a folder of photos in images/s,
-against the bare forward pass of its backend; and the dense CRF against pydensecrf. The
-runtimes take turns within each round, so load from elsewhere hits them alike.
+against the bare forward pass of its backend; the int8 file ``deeplab export --int8``
+makes of each VOC model (no VOC labels here: speed, size and label agreement with the
+float file on photos it was not calibrated on; ``bench_int8.py`` scores int8 by mIoU on
+CamVid); and the dense CRF against pydensecrf. The runtimes take turns within each round,
+so load from elsewhere hits them alike.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,25 +33,23 @@ import numpy as np
 import torch
 
 from deeplab.data.images import example_photos, find_images, read_image
-from deeplab.export import export_onnx, network_input, onnx_session, tflite_interpreter
+from deeplab.export import (
+    export,
+    export_onnx,
+    model_to_export,
+    network_input,
+    onnx_session,
+    tflite_interpreter,
+)
 from deeplab.hub import load_pretrained
 from deeplab.predict import predict_files, segmenter_for
+from deeplab.quantize import label_agreement, ms_per_image, quantize_onnx
+from deeplab.system import cpu_name
 from deeplab.weights import entry_path, get_entry
 
 CL = torch.channels_last
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_crf import load_inputs, run_ours, run_pydensecrf  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = next((x for x in Path("/proc/cpuinfo").read_text().splitlines()
-                          if x.startswith("flags")), "")  # fmt: skip
-            extra = [f for f in ("avx512_bf16", "amx_bf16", "amx_int8", "avx512f", "avx2")
-                     if f" {f}" in flags]  # fmt: skip
-            return f"{line.split(':', 1)[1].strip()} ({', '.join(extra)})"
-    return platform.processor() or "unknown CPU"
 
 
 def rounds(fns: dict, repeats: int) -> dict[str, float]:
@@ -150,6 +150,32 @@ def predict_table(entry: str, photos: list[Path], repeats: int) -> None:
         print(f"| {label} | {rate:.2f} | {bare:.2f} | {100 * rate / bare:.0f}% |")
 
 
+def int8_table(entry: str, camvid: Path, tmp: Path, threads: int) -> None:
+    """Float against int8 (the default recipe of ``deeplab export --int8``), both in the
+    labels contract, calibrated on 60 CamVid training frames plus the package's photos and
+    compared on every 10th CamVid val frame and the labelme photos (none calibrated on)."""
+    lines = (camvid / "train.txt").read_text().split()[0::2]
+    calibration = [read_image(camvid / x) for x in lines[:: len(lines) // 60][:60]]
+    calibration += [read_image(p) for p in example_photos()]
+    val = (camvid / "val.txt").read_text().split()[0::2]
+    others = [read_image(camvid / x) for x in val[::10]]
+    others += [read_image(p) for p in find_images([camvid.parent / "labelme_voc_example"])]
+    model, info = model_to_export(model=entry)
+    float_path, _ = export(model, info, tmp / f"{entry}_float.onnx", check=False)
+    int8_path = quantize_onnx(float_path, tmp / f"{entry}_int8.onnx", calibration)
+    ms = {k: ms_per_image(f, others, threads=threads) for k, f in
+          (("float", float_path), ("int8", int8_path))}  # fmt: skip
+    agree = label_agreement(float_path, int8_path, others)
+    print(f"\n{entry}: int8 against float (labels contract, onnxruntime, {threads} threads, "
+          f"{len(others)} photos not calibrated on)")
+    print("| file | ms/image | speed-up | MB | labels = float |")
+    print("|---|---|---|---|---|")
+    for name, path in (("float", float_path), ("int8", int8_path)):
+        print(f"| {name} | {ms[name]:.1f} | {ms['float'] / ms[name]:.2f}x | "
+              f"{path.stat().st_size / 1e6:.1f} | "
+              f"{100 * (agree if name == 'int8' else 1):.2f}% |")
+
+
 def crf_table(camvid: Path, repeats: int) -> None:
     print(f"\ndense CRF, 480x360 CamVid val photo, 21 classes, 5 iterations, both lattices "
           f"built (a new size), {torch.get_num_threads()} threads")
@@ -178,7 +204,7 @@ def main() -> None:
     p.add_argument("--ours-tflite", type=Path, help="our .tflite of the 257 model")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip", nargs="*", default=[], choices=("forward", "predict", "crf"))
+    p.add_argument("--skip", nargs="*", default=[], choices=("forward", "predict", "int8", "crf"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} threads")
@@ -190,6 +216,9 @@ def main() -> None:
             photos = find_images([args.photos])[: args.count]
             for entry in ("deeplabv3_mnv2_pascal_quant", "deeplabv3_257_mv_gpu"):
                 predict_table(entry, photos, max(1, args.repeats // 3))
+        if "int8" not in args.skip:
+            for entry in ("deeplabv3_mnv2_pascal_quant", "deeplabv3_257_mv_gpu"):
+                int8_table(entry, args.camvid, Path(tmp), args.threads)
     if "crf" not in args.skip:
         crf_table(args.camvid, args.repeats)
 

@@ -29,6 +29,7 @@ from deeplab.quantize import (
     Int8Recipe,
     LabelledSplit,
     label_agreement,
+    miou,
     ms_per_image,
     quantize_onnx,
 )
@@ -87,11 +88,12 @@ def main() -> None:
             continue
         path = quantize_onnx(float_path, tmp / f"{name[:8].strip()}.onnx", calibration,
                              recipe=recipe)  # fmt: skip
-        miou = score(path)
+        value = score(path)
         ms = ms_per_image(path, timing, threads=args.threads)
         agree = label_agreement(float_path, path, timing)
-        print(f"| int8 {name} | {miou:.2f} | {base - miou:.2f} | {ms:.1f} | {base_ms / ms:.2f}x | "
-              f"{os.path.getsize(path) / 1e6:.1f} | {100 * agree:.2f}% |", flush=True)
+        print(f"| int8 {name} | {value:.2f} | {base - value:.2f} | {ms:.1f} | "
+              f"{base_ms / ms:.2f}x | {os.path.getsize(path) / 1e6:.1f} | {100 * agree:.2f}% |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

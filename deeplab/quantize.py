@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import statistics
 import tempfile
 import time
@@ -86,6 +87,17 @@ class CalibrationPhotos:
         return {"image": np.ascontiguousarray(self.photos[self.start - 1])[None]}
 
 
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+
+
 def quantize_onnx(float_path: str | Path, out: str | Path, photos: Sequence[np.ndarray], *,
                   recipe: Int8Recipe = Int8Recipe()) -> Path:  # fmt: skip
     """``float_path`` (a labels-contract export) quantized to int8 at ``out``, calibrated on
@@ -109,8 +121,10 @@ def quantize_onnx(float_path: str | Path, out: str | Path, photos: Sequence[np.n
               "entropy": CalibrationMethod.Entropy}[recipe.method]  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # onnxruntime's calibrators print a line per photo (print(), not logging): kept quiet.
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+    # onnxruntime's calibrators print a line per photo, and its root-logger warning asks for
+    # a pre-processing pass that this graph does not need (BN is folded at export): quiet.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), \
+            _root_log_level(logging.ERROR):  # fmt: skip
         raw = Path(tmp) / "int8.onnx"
         quantize_static(str(float_path), str(raw), CalibrationPhotos(photos),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(NETWORK_OPS),
