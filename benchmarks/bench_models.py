@@ -2,6 +2,8 @@
 
     python benchmarks/bench_models.py                      # 513x513, 2 threads
     python benchmarks/bench_models.py --models deeplabv3_mobilenetv2 --repeats 5
+    python benchmarks/bench_models.py --models deeplabv3plus_resnet101 \
+        deeplabv3plus_resnet101:separable=false        # NAME:option=value builds a variant
 
 Modes, each on the same randomly initialised weights and input:
 - ``no_grad``: ``model.eval()`` + ``torch.no_grad()`` (the baseline);
@@ -31,6 +33,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from deeplab.config import parse_assignments  # noqa: E402
 from deeplab.hub import create_model  # noqa: E402
 
 MODELS = (
@@ -56,7 +59,9 @@ def _run(model: torch.nn.Module, x: torch.Tensor, mode: str) -> float:
 def bench(name: str, *, size: tuple[int, int], repeats: int) -> dict[str, float]:
     """Median milliseconds per image for each mode."""
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    name, _, option = name.partition(":")
+    extra = dict(parse_assignments([option], what="option", example="x=1")) if option else {}
+    model = create_model(name, **extra).eval()
     x = torch.randn(1, 3, *size)
     variants = {
         "no_grad": (model, x),
@@ -89,14 +94,14 @@ def main() -> None:
         f"CPU inference, batch 1, {h}x{w}, {args.threads} threads, median of {args.repeats} "
         f"runs; torch {torch.__version__}"
     )
-    header = f"{'model':27s} {'no_grad ms':>11s} {'inference_mode':>20s} {'channels_last':>20s}"
+    header = f"{'model':40s} {'no_grad ms':>11s} {'inference_mode':>20s} {'channels_last':>20s}"
     print(header)
     print("-" * len(header))
     for name in args.models:
         ms = bench(name, size=(h, w), repeats=args.repeats)
         base = ms["no_grad"]
         cells = [f"{ms[m]:8.0f} ({base / ms[m]:.2f}x)" for m in MODES[1:]]
-        print(f"{name:27s} {base:11.0f} {cells[0]:>20s} {cells[1]:>20s}", flush=True)
+        print(f"{name:40s} {base:11.0f} {cells[0]:>20s} {cells[1]:>20s}", flush=True)
 
 
 if __name__ == "__main__":
