@@ -12,7 +12,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -20,6 +22,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from _helpers.serving import serve_command, toy_segmenter  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from deeplab.cli import main  # noqa: E402
 from deeplab.inference import Segmenter  # noqa: E402
@@ -117,6 +120,21 @@ def test_the_api_needs_the_token_the_page_and_probes_do_not():
             assert client.get(open_path).status_code == 200, open_path
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers=auth).status_code == 200
+
+
+def test_the_live_socket_takes_the_token_as_the_page_encodes_it():
+    token = "a+b/c=d e&f%g-0123456789"  # what a hand-chosen token may hold
+    app = create_app({"tiny": _segmenter()}, access=Access(token=token))
+    with TestClient(app) as client:
+        query = urlencode({"model": "tiny", "token": token})  # as URLSearchParams does
+        with client.websocket_connect(f"/v1/live?{query}") as socket:
+            socket.send_bytes(np.array([8, 6], "<u4").tobytes() + bytes(8 * 6 * 3))
+            answer = socket.receive_bytes()
+        assert np.frombuffer(answer[:8], "<u4").tolist() == [8, 6] and len(answer) == 8 + 48
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(
+                "/v1/live?" + urlencode({"model": "tiny", "token": token[:-1]})):
+            pass
+        assert refused.value.code == 1008
 
 
 def test_a_loopback_server_answers_only_to_loopback_names():

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from deeplab.serve.observe import Metrics
 
@@ -224,10 +225,9 @@ def _bearer(scope: Scope) -> str | None:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     if scope["type"] == "websocket":  # browsers cannot set headers on a WebSocket
-        for part in (scope.get("query_string") or b"").decode("latin-1").split("&"):
-            key, _, value = part.partition("=")
-            if key == "token":
-                return value
+        # The page sends it form-encoded (URLSearchParams): '+' is a space, %2B a plus.
+        query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
+        return query.get("token", [None])[0]
     return None
 
 
