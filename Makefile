@@ -17,7 +17,7 @@ ORT_FILES := ort.wasm.min.mjs ort-wasm-simd-threaded.wasm ort-wasm-simd-threaded
 	ort.webgpu.min.mjs ort-wasm-simd-threaded.jsep.wasm ort-wasm-simd-threaded.jsep.mjs
 web-runtime:
 	@if ! command -v npm >/dev/null; then echo "make web-runtime: npm not found; the live page will segment on the server (apt-get install npm)"; \
-	elif [ ! -f $(WEB_RUNTIME)/VERSION ] || ! grep -q "$$(node -p 'require("./package-lock.json").packages["node_modules/onnxruntime-web"].version')" $(WEB_RUNTIME)/VERSION; then \
+	elif [ ! -f $(WEB_RUNTIME)/VERSION ] || ! (cd $(WEB_RUNTIME) && ls $(ORT_FILES) >/dev/null 2>&1) || ! grep -q "$$(node -p 'require("./package-lock.json").packages["node_modules/onnxruntime-web"].version')" $(WEB_RUNTIME)/VERSION; then \
 		npm ci --no-audit --no-fund --silent && mkdir -p $(WEB_RUNTIME) && \
 		for f in $(ORT_FILES); do cp node_modules/onnxruntime-web/dist/$$f $(WEB_RUNTIME)/; done && \
 		node -p 'require("./node_modules/onnxruntime-web/package.json").version' > $(WEB_RUNTIME)/VERSION && \
