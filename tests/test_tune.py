@@ -72,3 +72,16 @@ def test_tuning_refuses_validation_images(trained, tmp_path, capsys):
     (tmp_path / "val.txt").write_text("images/val/val1.png masks/val/val1.png\n")
     with pytest.raises(TuningError, match="also val images"):
         tune_checkpoint(best, data_root=tmp_path, images=2, write=False)
+
+
+def test_train_tune_crf_gives_each_checkpoint_its_own_parameters(trained, tmp_path):
+    """``train.tune_crf``: last.pt (the end of the schedule) and best.pt are both tuned."""
+    root, _ = trained
+    assert main(["train", "-c", "own_data", f"data.root={root}", f"train.out_dir={tmp_path}",
+                 "model.num_classes=3", "model.backbone_weights=null", "data.crop_size=33",
+                 "train.batch_size=2", "train.iters=2", "train.val_every=2",
+                 "train.progress=false", "data.num_workers=0", "train.tune_crf=true",
+                 "model.options={width_mult: 0.5}"]) == 0  # fmt: skip
+    for name in ("last.pt", "best.pt"):
+        record = read_checkpoint(tmp_path / name)["info"]["crf"]
+        assert "folder train images" in record["source"], name

@@ -238,11 +238,13 @@ def train(
         if proc.is_main:
             draw_curve(out)
     if t.tune_crf and proc.is_main and progress.status == "done":
-        target = out / "best.pt" if (out / "best.pt").is_file() else out / "last.pt"
-        tuning = tune_checkpoint(target)
-        log.info("dense CRF tuned on %s in %.0f s: mIoU there %.2f -> %.2f with %s; stored in %s",
-                 tuning.source, tuning.seconds, 100 * tuning.miou_without,
-                 100 * tuning.miou_with, tuning.options, target)  # fmt: skip
+        # Each model the run leaves gets its own parameters: last.pt is the end of the
+        # schedule (what a time budget delivers), best.pt the best validation.
+        for target in (p for p in (out / "last.pt", out / "best.pt") if p.is_file()):
+            tuning = tune_checkpoint(target)
+            log.info("dense CRF tuned on %s in %.0f s: mIoU there %.2f -> %.2f with %s; stored "
+                     "in %s", tuning.source, tuning.seconds, 100 * tuning.miou_without,
+                     100 * tuning.miou_with, tuning.options, target)  # fmt: skip
     return progress
 
 
