@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,6 +39,9 @@ from deeplab.quantize import (
 from deeplab.system import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_deploy import rounds  # noqa: E402
+
 DEFAULT = Int8Recipe()
 VARIANTS = {
     "default": DEFAULT,
@@ -50,22 +52,6 @@ VARIANTS = {
     "naive (per-tensor, minmax, all int8)": Int8Recipe(per_channel=False, method="minmax",
                                                       keep_float=()),
 }
-
-
-def interleaved_ms(paths: dict[str, Path], photos, *, threads: int, rounds: int) -> dict:
-    """Median ms per photo of each file, the files taking turns within each round."""
-    runs = {name: labeler(path, threads=threads) for name, path in paths.items()}
-    for run in runs.values():  # warm-up
-        for photo in photos[:2]:
-            run.labels(photo)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            for photo in photos:
-                start = time.perf_counter()
-                run.labels(photo)
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -103,10 +89,12 @@ def main() -> None:
         path = quantize_onnx(float_path, tmp / f"{name[:8].strip()}.onnx", calibration,
                              recipe=recipe)  # fmt: skip
         rows[f"int8 {name}"] = (path, score(path), label_agreement(float_path, path, timing))
-    ms = interleaved_ms({name: row[0] for name, row in rows.items()}, timing,
-                        threads=args.threads, rounds=args.rounds)  # fmt: skip
+    runs = {name: labeler(row[0], threads=args.threads) for name, row in rows.items()}
+    ms = {name: t / len(timing) for name, t in rounds(
+        {name: lambda run=run: [run.labels(photo) for photo in timing]
+         for name, run in runs.items()}, args.rounds).items()}  # fmt: skip
     print(f"{args.weights}; CamVid {args.split}; calibration: {len(calibration)} train frames; "
-          f"{cpu_name()}, {args.threads} threads; ms = median labels-contract run on "
+          f"{cpu_name()}, {args.threads} threads; ms = median of rounds over "
           f"{len(timing)} 480x360 frames, files interleaved, {args.rounds} rounds")  # fmt: skip
     print("| file | mIoU | drop | ms/image | speed-up | MB | labels = float |")
     print("|---|---|---|---|---|---|---|")
