@@ -43,7 +43,7 @@ from deeplab.export import (
 )
 from deeplab.hub import load_pretrained
 from deeplab.predict import predict_files, segmenter_for
-from deeplab.quantize import label_agreement, labeler, quantize_onnx
+from deeplab.quantize import label_agreement, ms_per_image, quantize_onnx
 from deeplab.system import cpu_name
 from deeplab.weights import entry_path, get_entry
 
@@ -163,10 +163,8 @@ def int8_table(entry: str, camvid: Path, tmp: Path, threads: int) -> None:
     model, info = model_to_export(model=entry)
     float_path, _ = export(model, info, tmp / f"{entry}_float.onnx", check=False)
     int8_path = quantize_onnx(float_path, tmp / f"{entry}_int8.onnx", calibration)
-    runs = {k: labeler(f, threads=threads) for k, f in (("float", float_path), ("int8", int8_path))}
-    ms = {k: t / len(others) for k, t in rounds(
-        {k: lambda run=run: [run.labels(photo) for photo in others] for k, run in runs.items()},
-        3).items()}  # fmt: skip
+    ms = dict(zip(("float", "int8"), ms_per_image([float_path, int8_path], others,
+                                                  threads=threads), strict=True))  # fmt: skip
     agree = label_agreement(float_path, int8_path, others)
     print(f"\n{entry}: int8 against float (labels contract, onnxruntime, {threads} threads, "
           f"{len(others)} photos not calibrated on)")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -32,16 +31,13 @@ from deeplab.quantize import (
     Int8Recipe,
     LabelledSplit,
     label_agreement,
-    labeler,
     miou,
+    ms_per_image,
     quantize_onnx,
 )
 from deeplab.system import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deploy import rounds  # noqa: E402
-
 DEFAULT = Int8Recipe()
 VARIANTS = {
     "default": DEFAULT,
@@ -89,12 +85,11 @@ def main() -> None:
         path = quantize_onnx(float_path, tmp / f"{name[:8].strip()}.onnx", calibration,
                              recipe=recipe)  # fmt: skip
         rows[f"int8 {name}"] = (path, score(path), label_agreement(float_path, path, timing))
-    runs = {name: labeler(row[0], threads=args.threads) for name, row in rows.items()}
-    ms = {name: t / len(timing) for name, t in rounds(
-        {name: lambda run=run: [run.labels(photo) for photo in timing]
-         for name, run in runs.items()}, args.rounds).items()}  # fmt: skip
+    times = ms_per_image([row[0] for row in rows.values()], timing, threads=args.threads,
+                         repeats=args.rounds)  # fmt: skip
+    ms = dict(zip(rows, times, strict=True))
     print(f"{args.weights}; CamVid {args.split}; calibration: {len(calibration)} train frames; "
-          f"{cpu_name()}, {args.threads} threads; ms = median of rounds over "
+          f"{cpu_name()}, {args.threads} threads; ms = median per photo over "
           f"{len(timing)} 480x360 frames, files interleaved, {args.rounds} rounds")  # fmt: skip
     print("| file | mIoU | drop | ms/image | speed-up | MB | labels = float |")
     print("|---|---|---|---|---|---|---|")

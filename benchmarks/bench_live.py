@@ -152,7 +152,7 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(10)
             path, _ = export(model, info, tmp / f"{name}.onnx", check=False)
-            ms = ms_per_image(path, frames[:20], threads=args.threads)
+            (ms,) = ms_per_image([path], frames[:20], threads=args.threads)
             print(f"| {name} | native onnxruntime, {args.threads} threads (network alone) | "
                   f"{1000 / ms:.1f} | {ms:.0f} | - |", flush=True)
         if args.screenshot:
